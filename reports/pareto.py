@@ -1,0 +1,120 @@
+"""The data behind each figure and table, computed apart from any drawing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+# Keys of a trial's config that are not knobs worth showing.
+_HIDDEN = {"method", "eval_batch_size"}
+
+
+def pareto_front(
+    df: pd.DataFrame,
+    x: str = "trainable_params",
+    y: str = "val_accuracy",
+    x_better: str = "min",
+    y_better: str = "max",
+) -> pd.DataFrame:
+    """The rows no other row beats on both ``x`` and ``y``, sorted by ``x``.
+
+    A row is dominated when another is at least as good on both objectives
+    and strictly better on one. Rows missing either value are ignored; of
+    exact duplicates, the first is kept.
+    """
+    data = df.dropna(subset=[x, y])
+    if data.empty:
+        return data
+    sx = 1 if x_better == "min" else -1
+    sy = 1 if y_better == "min" else -1
+    # Sort by x (best first), ties broken by y (best first); then one sweep
+    # keeps each row that improves on the best y seen so far.
+    order = data.assign(_x=sx * data[x], _y=sy * data[y]).sort_values(["_x", "_y"], kind="stable")
+    keep, best_y = [], float("inf")
+    for idx, yv in zip(order.index, order["_y"]):
+        if yv < best_y:
+            keep.append(idx)
+            best_y = yv
+    return data.loc[keep].sort_values(x, ascending=x_better == "min")
+
+
+def knob_summary(config_json: str | None) -> str:
+    """``lora_rank=8, learning_rate=0.003``: a trial's sampled settings in one line."""
+    if not config_json:
+        return ""
+    config: dict[str, Any] = json.loads(config_json)
+    parts = []
+    for k, v in sorted(config.items()):
+        if k in _HIDDEN or v is None:
+            continue
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def best_per_method(df: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """The best trial of each method (by ``metric``, higher is better)."""
+    data = df.dropna(subset=[metric])
+    if data.empty:
+        return data
+    idx = data.groupby("method")[metric].idxmax()
+    return data.loc[idx].sort_values(metric, ascending=False)
+
+
+def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal trials as a small table for the terminal and the report."""
+    front = pareto_front(df)
+    return pd.DataFrame(
+        {
+            "trial_id": front["trial_id"],
+            "method": front["method"],
+            "knobs": front["knobs_json"].map(knob_summary),
+            "trainable_params": front["trainable_params"].astype("int64"),
+            "trainable_%": (100 * front["trainable_fraction"]).round(3),
+            "val_accuracy": front["val_accuracy"].round(4),
+        }
+    ).reset_index(drop=True)
+
+
+def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
+    """Points per method (x = trainable params, y = best val accuracy) and the frontier."""
+    data = df.dropna(subset=["trainable_params", "val_accuracy"])
+    methods = {}
+    for method, group in data.groupby("method", sort=True):
+        methods[method] = {
+            "x": group["trainable_params"].astype(float).tolist(),
+            "y": group["val_accuracy"].astype(float).tolist(),
+            "fraction": group["trainable_fraction"].astype(float).tolist(),
+            "stopped": group["stopped_early"].astype(bool).tolist(),
+            "trial_id": group["trial_id"].tolist(),
+            "knobs": group["knobs_json"].map(knob_summary).tolist(),
+        }
+    front = pareto_front(data)
+    return {
+        "methods": methods,
+        "frontier": {
+            "x": front["trainable_params"].astype(float).tolist(),
+            "y": front["val_accuracy"].astype(float).tolist(),
+        },
+    }
+
+
+def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """One line per trial: validation accuracy by epoch, marked if early-stopped."""
+    stopped = dict(zip(trials["trial_id"], trials["stopped_early"]))
+    out = []
+    for trial_id, group in curves.sort_values(["trial_id", "iteration"]).groupby(
+        "trial_id", sort=True
+    ):
+        out.append(
+            {
+                "trial_id": trial_id,
+                "method": group["method"].iloc[0],
+                "epoch": group["epoch"].tolist(),
+                "val_accuracy": group["val_accuracy"].tolist(),
+                "val_loss": group["val_loss"].tolist(),
+                "stopped": bool(stopped.get(trial_id, False)),
+            }
+        )
+    return out

@@ -1,0 +1,275 @@
+"""The ``peftsearch`` command line.
+
+Exit codes: 0 success, 2 bad input (reported before Ray starts; nothing is
+written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+SET_HELP = (
+    "override a key, repeatable; run: a key path of the space file (search.num_samples=4, "
+    "methods.lora.lora_rank={choice: [4, 8]}); values are YAML"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="peftsearch",
+        description="Search fine-tuning methods and their hyperparameters with Ray Tune; "
+        "report accuracy vs trainable parameters.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="run a search (no arguments: the offline demo, spaces/quick.yaml)",
+        description="Run a search: validate the space, tokenize once, run the trials with Ray Tune "
+        "(Optuna TPE + ASHA), write <storage>/<name>/{trials,curves}.parquet and report.html, "
+        "print the Pareto table.",
+    )
+    r.add_argument(
+        "space", nargs="?", default=None, help="space YAML file or shipped name (default: quick)"
+    )
+    r.add_argument(
+        "--name",
+        help="run name (default: experiment.name, else the file's stem); "
+        "an unfinished run of that name resumes, a finished one gets a new name (NAME-2)",
+    )
+    r.add_argument(
+        "--storage", help="folder (or s3:// URI) for runs (default: the space's storage, ./runs)"
+    )
+    r.add_argument(
+        "--num-samples", type=int, help="number of trials (overrides search.num_samples)"
+    )
+    r.add_argument("--max-concurrent", type=int, help="trials at once (default: one per CPU slot)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run NAME from its checkpoints",
+    )
+    r.add_argument(
+        "--address",
+        help="connect to a running Ray cluster (auto, HOST:PORT or ray://...) "
+        "instead of starting a local one",
+    )
+
+    t = sub.add_parser(
+        "trial",
+        help="train one configuration without Ray, through the same code a trial runs",
+        description="Train one configuration without Ray and print its metrics. Unset knobs take the "
+        "space's fixed value, else the middle of its range.",
+    )
+    t.add_argument("--method", required=True, help="method name (see: peftsearch methods)")
+    t.add_argument("--space", default=None, help="space file for model and data (default: quick)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a shared key (epochs, learning_rate, batch_size, max_length, max_train_samples, "
+        "max_eval_samples, ...) or a knob of the method (lora_rank=8); repeatable",
+    )
+    t.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    v = sub.add_parser(
+        "validate",
+        help="check a space file without running it",
+        description="Check a space file (schema, ranges, methods, knobs) and print what "
+        "each method searches; exit 2 listing every problem.",
+    )
+    v.add_argument("space", nargs="?", default=None, help="space YAML file or shipped name")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+
+    sub.add_parser(
+        "methods",
+        help="list the methods with their knobs",
+        description="List every method with its knobs, defaults and allowed values.",
+    )
+
+    rep = sub.add_parser(
+        "report",
+        help="(re)build report.html from a run's Parquet files",
+        description="Build the self-contained HTML report from RUN_DIR's Parquet files.",
+    )
+    rep.add_argument("run_dir", help="a run folder (<storage>/<name>)")
+    rep.add_argument("-o", "--output", help="output file (default: RUN_DIR/report.html)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``peftsearch`` console script."""
+    args = _parser().parse_args(argv)
+    from search.space import SpaceError
+
+    try:
+        return {
+            "run": cmd_run,
+            "trial": cmd_trial,
+            "validate": cmd_validate,
+            "methods": cmd_methods,
+            "report": cmd_report,
+        }[args.command](args)
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: results so far are written", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args) -> int:
+    from reports.pareto import pareto_table
+    from search.driver import run
+
+    res = run(
+        args.space,
+        name=args.name,
+        storage=args.storage,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        overrides=args.set,
+        resume=args.resume,
+        address=args.address,
+    )
+    t = res.trials
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(
+            f"\n{len(t)} trials: {int((~t.stopped_early & (t.status == 'TERMINATED')).sum())} finished, "
+            f"{int(t.stopped_early.sum())} stopped early by ASHA, {int((t.status == 'ERROR').sum())} errored"
+        )
+        print("\nPareto front (trainable parameters vs validation accuracy):")
+        print(pareto_table(t).to_string(index=False))
+    print(f"\nresults: {res.run_dir / 'trials.parquet'}, {res.run_dir / 'curves.parquet'}")
+    print(f"report:  {res.report}")
+    return 0
+
+
+EXPERIMENT_KEYS = ("max_length", "max_train_samples", "max_eval_samples", "seed", "model")
+
+
+def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """(flat trial config, experiment overrides) for ``peftsearch trial``."""
+    from search.space import SHARED_KNOBS, parse_value
+    from trainables.methods import get_method
+
+    m = get_method(method)
+    given, exp = {}, []
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if key in EXPERIMENT_KEYS:
+            exp.append(f"experiment.{key}={text}")
+        elif key in SHARED_KNOBS or m.knob(key):
+            given[key] = parse_value(text)
+        else:
+            raise ValueError(
+                f"--set {key}: not a shared key {list(SHARED_KNOBS) + list(EXPERIMENT_KEYS)} "
+                f"nor a knob of {method} {[k.name for k in m.knobs]}"
+            )
+    flat: dict[str, Any] = {"method": method}
+    dists = space.method_space(method) if method in space.methods else dict(space.train)
+    for key, dist in dists.items():
+        flat[key] = _center(dist)
+    flat.update(given)
+    flat.setdefault("seed", space.seed)
+    return flat, exp
+
+
+def _center(d) -> Any:
+    if d.kind == "fixed":
+        return d.value
+    if d.kind == "choice":
+        return d.choices[len(d.choices) // 2]
+    v = math.sqrt(d.low * d.high) if d.kind in ("log", "log_int") else (d.low + d.high) / 2
+    return round(v) if d.kind in ("int", "log_int") else v
+
+
+def cmd_trial(args) -> int:
+    from search.driver import prepare_data
+    from search.space import load_space
+    from trainables.trial import run_trial
+
+    space = load_space(args.space)
+    flat, exp = trial_config(space, args.method, args.set)
+    if exp:
+        space = load_space(args.space, exp)
+    data = prepare_data(space, progress=not args.json)
+
+    def on_eval(metrics: dict, get_state) -> None:
+        if not args.json:
+            print(
+                f"epoch {metrics['epoch']:.2f}  train_loss {metrics['train_loss']:.4f}  "
+                f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}",
+                flush=True,
+            )
+
+    out = run_trial(
+        flat, data.without("test"), space.model, on_eval, cpus=int(space.resources["cpu"])
+    )
+    result = {
+        "config": flat,
+        **out,
+        "val_accuracy_last": out["val_accuracy"],
+        "val_accuracy": out["best_val_accuracy"],
+    }
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(
+            f"{args.method}: trainable {result['trainable_params']:,} / {result['total_params']:,} "
+            f"({100 * result['trainable_fraction']:.3f}%), best val_accuracy {result['val_accuracy']:.4f}"
+        )
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from search.space import load_space
+
+    space = load_space(args.space, args.set)
+    print(
+        f"{space.source}: ok - {len(space.methods)} methods, {space.search['num_samples']} trials, "
+        f"max_t {space.max_t} evaluation rounds"
+    )
+    for method in space.methods:
+        knobs = space.method_space(method)
+        searched = ", ".join(f"{k} ({d.kind})" for k, d in knobs.items() if d.kind != "fixed")
+        print(f"  {method}: {searched or 'nothing searched'}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from trainables.methods import METHODS
+
+    for m in METHODS.values():
+        print(f"{m.name}: {m.help}")
+        for k in m.knobs:
+            print(f"    {k.name} = {k.default!r}  ({k.describe()}) {k.help}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reports.html import write_report
+
+    path = write_report(Path(args.run_dir), args.output)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

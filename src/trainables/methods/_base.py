@@ -1,0 +1,75 @@
+"""The method contract: a config of knobs and ``apply(model, knobs) -> model``.
+
+After ``apply`` returns, ``requires_grad`` marks exactly the parameters that
+train. The head (everything outside the base encoder) always trains; full
+fine-tuning is the method that changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from trainables.model import head_parameter_names
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One hyperparameter of a method: its type, default and allowed values."""
+
+    name: str
+    kind: str  # "int" | "float" | "choice"
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: Sequence[Any] | None = None
+    help: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """None if ``value`` is allowed, else what is wrong with it."""
+        if self.kind == "choice":
+            return None if value in self.choices else f"must be one of {list(self.choices)}"
+        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            return "must be an integer"
+        if self.kind == "float" and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            return "must be a number"
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}"
+        return None
+
+    def describe(self) -> str:
+        """The allowed values, for ``peftsearch methods`` and error messages."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{self.kind} in [{self.low}, {self.high if self.high is not None else 'inf'}]"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: a name, its knobs and the function that applies it."""
+
+    name: str
+    apply: Callable[[nn.Module, dict[str, Any]], nn.Module]
+    help: str
+    knobs: tuple[Knob, ...] = field(default_factory=tuple)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k.name: k.default for k in self.knobs}
+
+    def knob(self, name: str) -> Knob | None:
+        return next((k for k in self.knobs if k.name == name), None)
+
+
+def freeze_base(model: nn.Module) -> nn.Module:
+    """Freeze every parameter except the task head's."""
+    head = head_parameter_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in head)
+    return model

@@ -1,0 +1,77 @@
+"""LoRA (Hu et al. 2021) through peft: low-rank updates of chosen projections.
+
+peft's ``inject_adapter_in_model`` edits the transformers model in place, so
+the shared loop trains it like any other model. Parameters per adapted
+``Linear(in, out)``: ``rank * (in + out)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from trainables.methods._base import Knob, Method, freeze_base
+
+# model_type -> (attention query/value projections, all linear layers of the encoder)
+TARGETS: dict[str, tuple[list[str], list[str]]] = {
+    "bert": (["query", "value"], ["query", "key", "value", "dense"]),
+    "roberta": (["query", "value"], ["query", "key", "value", "dense"]),
+    "xlm-roberta": (["query", "value"], ["query", "key", "value", "dense"]),
+    "electra": (["query", "value"], ["query", "key", "value", "dense"]),
+    "deberta-v2": (["query_proj", "value_proj"], ["query_proj", "key_proj", "value_proj", "dense"]),
+    "distilbert": (["q_lin", "v_lin"], ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]),
+    "modernbert": (["Wqkv"], ["Wqkv", "Wo", "Wi"]),
+}
+
+
+def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+    """Freeze the encoder and inject LoRA into the targeted projections."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model_type = model.config.model_type
+    if model_type not in TARGETS:
+        raise ValueError(
+            f"lora: architecture {model_type!r} is not supported; supported: {sorted(TARGETS)}"
+        )
+    qv, all_linear = TARGETS[model_type]
+    modules = qv if knobs["lora_targets"] == "query_value" else all_linear
+    base_prefix = model.base_model_prefix
+    config = LoraConfig(
+        r=knobs["lora_rank"],
+        lora_alpha=knobs["lora_alpha"],
+        lora_dropout=knobs["lora_dropout"],
+        # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
+        target_modules=rf"^{base_prefix}\.(.*\.)?layers?\.\d+\.(.*\.)?({'|'.join(modules)})$",
+    )
+    freeze_base(model)
+    head = {n for n, p in model.named_parameters() if p.requires_grad}
+    model = inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name or name in head)
+    return model
+
+
+METHOD = Method(
+    name="lora",
+    apply=apply,
+    help="low-rank updates of attention (or all linear) projections + head; encoder frozen",
+    knobs=(
+        Knob("lora_rank", "int", 8, low=1, high=1024, help="rank r of the update"),
+        Knob(
+            "lora_alpha",
+            "float",
+            16.0,
+            low=0.0,
+            help="scale: the update is multiplied by alpha / r",
+        ),
+        Knob("lora_dropout", "float", 0.0, low=0.0, high=0.9, help="dropout on the LoRA input"),
+        Knob(
+            "lora_targets",
+            "choice",
+            "query_value",
+            choices=("query_value", "all_linear"),
+            help="attention query/value projections, or every linear layer of the encoder",
+        ),
+    ),
+)

@@ -1,0 +1,111 @@
+"""One trial: build the model, apply the method, run the shared loop.
+
+``run_trial`` is the single code path behind both a Ray Tune trial
+(:func:`tune_trainable`) and ``peftsearch trial`` (no Ray).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from trainables.data import PreparedData
+from trainables.loop import EvalCallback, TrainConfig, train
+from trainables.methods import apply_method, get_method
+from trainables.model import count_parameters, load_classifier, load_tokenizer, set_threads
+
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+CHECKPOINT_FILE = "state.pt"
+
+
+def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig]:
+    """Split a flat trial config into (method, method knobs, shared loop settings)."""
+    if "method" not in flat:
+        raise ValueError("trial config has no 'method'")
+    method = get_method(flat["method"])
+    shared = {k: v for k, v in flat.items() if k in SHARED_KEYS}
+    knobs = {k: v for k, v in flat.items() if k not in SHARED_KEYS and k != "method"}
+    return method.name, knobs, TrainConfig(**shared)
+
+
+def build_model(model_name: str, data: PreparedData, method: str, knobs: dict, seed: int):
+    """The pretrained encoder + new head, with the method applied."""
+    torch.manual_seed(seed)  # the head's (and adapters') initialisation
+    model = load_classifier(model_name, data.num_labels, data.label_names)
+    model = apply_method(model, method, knobs)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device)
+
+
+def run_trial(
+    flat_config: dict[str, Any],
+    data: PreparedData,
+    model_name: str,
+    on_eval: EvalCallback,
+    cpus: int = 1,
+    resume: dict | None = None,
+) -> dict[str, Any]:
+    """Train one configuration; every evaluation goes to ``on_eval``.
+
+    The metrics handed to ``on_eval`` carry the method, the parameter counts
+    and ``planned_iterations`` (evaluations of an uninterrupted run), so a
+    reader can tell a trial cut short by early stopping from a finished one.
+    """
+    set_threads(cpus)
+    method, knobs, cfg = split_config(flat_config)
+    started = time.perf_counter()
+    model = build_model(model_name, data, method, knobs, cfg.seed)
+    trainable, total = count_parameters(model)
+    pad_id = load_tokenizer(model_name).pad_token_id or 0
+    fixed = {
+        "method": method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+        "planned_iterations": cfg.planned_evals,
+        "setup_s": time.perf_counter() - started,
+    }
+
+    def report(metrics: dict, get_state) -> None:
+        on_eval({**metrics, **fixed}, get_state)
+
+    last = train(
+        model, data.splits["train"], data.splits["validation"], cfg, pad_id, report, resume
+    )
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
+    return {**last, **fixed}
+
+
+def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, cpus: int) -> None:
+    """The Ray Tune function trainable.
+
+    Tune's config names every sampled value ``<method>.<key>`` (a knob is
+    sampled only for its method); the trial strips the prefix. Each
+    evaluation is reported with a checkpoint of the trainable parameters and
+    optimizer state, so a retried or restored trial continues from it.
+    """
+    from ray import tune
+
+    method = config["method"]
+    flat = {"method": method}
+    flat.update({k[len(method) + 1 :]: v for k, v in config.items() if k.startswith(method + ".")})
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+
+    def on_eval(metrics: dict, get_state) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(get_state(), os.path.join(d, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume)

@@ -1,0 +1,94 @@
+"""The command line: bad input exits 2 before Ray starts; ``trial --json``; any working directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_space
+
+PROBE = (
+    "import sys, ray; from search.cli import main; rc = main(sys.argv[1:]); "
+    "print('RAY_STARTED', ray.is_initialized()); sys.exit(rc)"
+)
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``peftsearch ARGS`` in a fresh process that also reports whether Ray was started."""
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+BAD = [
+    ("methods.lorax", {}, "methods.lorax"),
+    ("methods.lora.lora_rank", {"int": [16, 4]}, "swap them"),
+    ("methods.full.learning_rate", {"log": [0.0, 0.1]}, "low > 0"),
+    ("search.num_samples", 0, "search.num_samples"),
+    ("experiment.max_length", 0, "experiment.max_length"),
+    ("experiment.model", "/nonexistent/model", "/nonexistent/model"),
+    ("experiment.dataset", {"path": "/nonexistent/data.tsv"}, "experiment.dataset.path"),
+    ("experiment.dataset", "TEXT_COLUMN", "dataset.text"),
+]
+
+
+@pytest.mark.parametrize("key,value,expect", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
+    key, value, expect, tmp_path, tiny_bert, topics_tsv
+):
+    storage = tmp_path / "runs"
+    space = tiny_space(tiny_bert, topics_tsv, storage)
+    if value == "TEXT_COLUMN":  # a data set without the text column the space names
+        space["experiment"]["dataset"]["text"] = "sentence"
+    else:
+        node = space
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(space))
+    out = run_cli(["run", str(path)], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert expect in out.stderr
+    assert "RAY_STARTED False" in out.stdout
+    assert not storage.exists()
+
+
+def test_unknown_set_key_for_trial_exits_2(tmp_path, tiny_bert, topics_tsv):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")))
+    out = run_cli(["trial", "--method", "lora", "--space", str(path), "--set", "rank=4"], tmp_path)
+    assert out.returncode == 2 and "knob of lora" in out.stderr
+
+
+def test_trial_json_prints_one_object(tmp_path, tiny_bert, topics_tsv):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")))
+    out = subprocess.run(
+        ["peftsearch", "trial", "--method", "lora", "--space", str(path), "--json",
+         "--set", "lora_rank=4", "--set", "epochs=1", "--set", "learning_rate=3e-3", "--set", "max_length=16"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["method"] == "lora" and result["config"]["lora_rank"] == 4
+    assert 0 < result["trainable_params"] < result["total_params"]
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+
+
+def test_validate_and_help_work_from_any_directory(tmp_path):
+    out = subprocess.run(["peftsearch", "validate"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "quick.yaml: ok" in out.stdout
+    for cmd in ([], ["run"], ["trial"], ["validate"], ["methods"], ["report"]):
+        h = subprocess.run(["peftsearch", *cmd, "--help"], capture_output=True, text=True)
+        assert h.returncode == 0 and "usage: peftsearch" in h.stdout
+    run_help = subprocess.run(
+        ["peftsearch", "run", "--help"], capture_output=True, text=True
+    ).stdout
+    for flag in ("--name", "--storage", "--num-samples", "--max-concurrent", "--set", "--resume"):
+        assert flag in run_help

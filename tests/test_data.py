@@ -1,0 +1,89 @@
+"""Data: built-in BBC News, local files, stratified seeded splits, one tokenization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainables.data import (
+    DatasetSpec,
+    TextTable,
+    load_bbc_news,
+    load_table,
+    prepare,
+    split_indices,
+    stratified_order,
+)
+from trainables.model import load_tokenizer
+
+
+def test_bbc_news_reads_all_articles_from_the_package_files():
+    table = load_bbc_news()
+    assert len(table.texts) == 2225
+    assert table.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    assert np.bincount(table.labels).tolist() == [510, 386, 417, 511, 401]
+
+
+def test_stratified_order_prefixes_keep_class_balance():
+    labels = np.array([0] * 600 + [1] * 300 + [2] * 100)
+    order = stratified_order(labels, seed=1)
+    assert sorted(order.tolist()) == list(range(1000))
+    counts = np.bincount(labels[order[:100]], minlength=3)
+    assert abs(counts[0] - 60) <= 2 and abs(counts[1] - 30) <= 2 and abs(counts[2] - 10) <= 2
+
+
+def test_split_is_fixed_by_seed_disjoint_and_caps_do_not_move_test():
+    table = TextTable(
+        texts=[str(i) for i in range(500)], labels=np.arange(500) % 5, label_names=list("abcde")
+    )
+    a = split_indices(table, 0.2, 0.2, seed=3)
+    b = split_indices(table, 0.2, 0.2, seed=3, max_train=50)
+    c = split_indices(table, 0.2, 0.2, seed=4)
+    assert {k: len(v) for k, v in a.items()} == {"test": 100, "validation": 100, "train": 300}
+    assert not set(a["train"]) & set(a["test"]) and not set(a["train"]) & set(a["validation"])
+    assert np.array_equal(a["test"], b["test"]) and len(b["train"]) == 50
+    assert set(b["train"]) <= set(a["train"])
+    assert not np.array_equal(a["test"], c["test"])
+    assert np.bincount(table.labels[b["train"]]).tolist() == [10] * 5
+
+
+def test_local_pair_file_gets_segment_ids(tmp_path, tiny_bert):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "premise,hypothesis,label\n"
+        + "".join(f"goal team,match {i},{'yes' if i % 2 else 'no'}\n" for i in range(40))
+    )
+    spec = DatasetSpec(path=str(path), text="premise", text_pair="hypothesis")
+    data = prepare(spec, load_tokenizer(str(tiny_bert)), 16, validation=0.25, test=0.25)
+    assert data.label_names == ["no", "yes"]
+    enc = data.splits["train"]
+    assert enc.token_type_ids is not None and max(enc.token_type_ids[0]) == 1
+    assert data.meta["n_train"] + data.meta["n_validation"] + data.meta["n_test"] == 40
+
+
+def test_missing_column_and_file_are_named(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("sentence\tlabel\nhi\t1\n")
+    with pytest.raises(ValueError, match=r"\['text'\] not found.*dataset.text"):
+        load_table(DatasetSpec(path=str(path)))
+    with pytest.raises(FileNotFoundError, match="dataset.path"):
+        load_table(DatasetSpec(path=str(tmp_path / "nope.csv")))
+
+
+def test_unseen_validation_label_is_an_error(tmp_path, tiny_bert):
+    path = tmp_path / "d.tsv"
+    # label "rare" has one example: it lands in one split only
+    path.write_text(
+        "text\tlabel\n" + "".join(f"goal {i}\tsport\n" for i in range(30)) + "chip\trare\n"
+    )
+    spec = DatasetSpec(path=str(path))
+    table = load_table(spec)
+    rare = table.label_names.index("rare")
+    # the first seed that puts the one "rare" example into validation
+    seed = next(
+        s
+        for s in range(50)
+        if rare in table.labels[split_indices(table, 0.5, 0.0, s)["validation"]]
+    )
+    with pytest.raises(ValueError, match=r"\['rare'\] never occur in the training split"):
+        prepare(spec, load_tokenizer(str(tiny_bert)), 16, validation=0.5, test=0.0, seed=seed)

@@ -1,0 +1,95 @@
+"""End to end with a real local Ray: Optuna + ASHA over four methods -> Parquet -> HTML."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_space
+
+import search
+from search.results import CURVES_FILE, KNOB_COLUMNS, REPORT_FILE, TRIALS_FILE
+
+pytestmark = pytest.mark.slow
+
+TRIAL_COLUMNS = [
+    "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
+    "val_accuracy", "val_accuracy_last", "iterations", "stopped_early", "learning_rate",
+    "adapter_size", "lora_rank", "wall_time_s", "error", "model", "dataset", "seed",
+]  # fmt: skip
+CURVE_COLUMNS = [
+    "trial_id",
+    "iteration",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "time_s",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_local, tmp_path_factory, tiny_bert, topics_tsv):
+    tmp = tmp_path_factory.mktemp("e2e")
+    space = tiny_space(tiny_bert, topics_tsv, tmp / "runs", search={"num_samples": 8})
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return search.run(path), path
+
+
+def test_parquet_files_follow_the_contract(finished_run):
+    res, _ = finished_run
+    trials, curves = search.load_results(res.run_dir)
+    assert set(TRIAL_COLUMNS) <= set(trials.columns)
+    assert set(KNOB_COLUMNS) <= set(trials.columns)
+    assert set(CURVE_COLUMNS) <= set(curves.columns)
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert (trials["status"] == "TERMINATED").all(), trials[["status", "error"]]
+    assert trials["error"].isna().all()
+    assert trials["stopped_early"].dtype == bool
+    # Every trial's curve has one row per reported evaluation.
+    per_trial = curves.groupby("trial_id").size().sort_index()
+    assert per_trial.tolist() == trials.set_index("trial_id")["iterations"].sort_index().tolist()
+    # Best reported accuracy, not the last one (ray #30004).
+    best = curves.groupby("trial_id")["val_accuracy"].max().sort_index()
+    assert best.tolist() == trials.set_index("trial_id")["val_accuracy"].sort_index().tolist()
+    # A knob is set only for its own method.
+    lora = trials["method"] == "lora"
+    assert (
+        trials.loc[lora, "lora_rank"].notna().all() and trials.loc[~lora, "lora_rank"].isna().all()
+    )
+    assert (trials["trainable_params"] <= trials["total_params"]).all()
+    assert (trials["model"] == str(res.trials["model"].iloc[0])).all()
+
+
+def test_asha_stopped_some_trials_and_they_are_marked(finished_run):
+    res, _ = finished_run
+    t = res.trials
+    assert t["stopped_early"].any()
+    stopped = t[t["stopped_early"]]
+    assert (stopped["iterations"] < stopped["planned_iterations"]).all()
+    assert (
+        t.loc[~t["stopped_early"], "iterations"] == t.loc[~t["stopped_early"], "planned_iterations"]
+    ).all()
+
+
+def test_report_is_self_contained_with_the_pareto_plot(finished_run):
+    res, _ = finished_run
+    page = (res.run_dir / REPORT_FILE).read_text()
+    assert "Pareto front" in page and "plotly" in page.lower()
+    # Opens offline: plotly.js is inline, nothing is fetched.
+    assert not re.search(r"<script[^>]*\bsrc=", page) and not re.search(r"<link[^>]*\bhref=", page)
+    assert "Plotly.newPlot" in page
+    for method in res.trials["method"].unique():
+        assert method in page
+
+
+def test_same_command_again_keeps_the_finished_run(finished_run, ray_local):
+    res, path = finished_run
+    again = search.run(path, num_samples=1)
+    assert again.run_dir.name == res.run_dir.name + "-2"
+    assert len(again.trials) == 1
+    assert len(pd.read_parquet(res.run_dir / TRIALS_FILE)) == 8
+    assert (again.run_dir / CURVES_FILE).exists()

@@ -1,0 +1,95 @@
+"""Report data (computed apart from drawing) and the rendered page."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from reports.html import render, write_report
+from reports.pareto import best_per_method, curve_data, knob_summary, pareto_front, scatter_data
+
+
+def trials_frame(rows) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["trial_id", "method", "trainable_params", "val_accuracy"])
+    df["trainable_fraction"] = df["trainable_params"] / 1000
+    df["stopped_early"] = False
+    df["status"] = "TERMINATED"
+    df["wall_time_s"] = 1.0
+    df["error"] = None
+    df["knobs_json"] = json.dumps({"learning_rate": 0.001})
+    return df
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_points():
+    df = trials_frame([
+        ("a", "full", 1000, 0.95),
+        ("b", "lora", 10, 0.90),
+        ("c", "lora", 10, 0.85),      # dominated by b (same params, less accurate)
+        ("d", "adapter", 50, 0.88),   # dominated by b (more params, less accurate)
+        ("e", "linear_probe", 2, 0.60),
+        ("f", "adapter", 100, 0.93),
+        ("g", "full", 1000, None),    # no result: ignored
+    ])  # fmt: skip
+    front = pareto_front(df)
+    assert front["trial_id"].tolist() == ["e", "b", "f", "a"]
+    assert (
+        front["trainable_params"].is_monotonic_increasing
+        and front["val_accuracy"].is_monotonic_increasing
+    )
+
+
+def test_pareto_front_respects_the_preference_per_metric():
+    df = pd.DataFrame({"x": [1, 2, 3], "y": [3, 2, 1]})
+    assert pareto_front(df, "x", "y", "min", "max")["x"].tolist() == [1]  # (1, 3) dominates all
+    assert pareto_front(df, "x", "y", "min", "min")["x"].tolist() == [1, 2, 3]  # a trade-off
+    assert pareto_front(df, "x", "y", "max", "min")["x"].tolist() == [3]
+    assert pareto_front(df, "x", "y", "max", "max")["x"].tolist() == [3, 2, 1]
+
+
+def test_figure_data_and_tables():
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90), ("c", "lora", 20, 0.80)])
+    df.loc[2, "stopped_early"] = True
+    data = scatter_data(df)
+    assert set(data["methods"]) == {"full", "lora"}
+    assert data["methods"]["lora"]["stopped"] == [False, True]
+    assert data["frontier"] == {"x": [10.0, 1000.0], "y": [0.90, 0.95]}
+    assert best_per_method(df)["trial_id"].tolist() == ["a", "b"]
+    curves = pd.DataFrame(
+        {
+            "trial_id": ["c", "c"],
+            "method": ["lora"] * 2,
+            "iteration": [2, 1],
+            "epoch": [0.5, 0.25],
+            "val_accuracy": [0.8, 0.7],
+            "val_loss": [1.0, 1.1],
+        }
+    )
+    (line,) = curve_data(curves, df)
+    assert line["epoch"] == [0.25, 0.5] and line["stopped"] is True
+    assert (
+        knob_summary(json.dumps({"lora_rank": 8, "learning_rate": 0.00312}))
+        == "learning_rate=0.00312, lora_rank=8"
+    )
+
+
+def test_user_strings_are_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.9)])
+    df["knobs_json"] = json.dumps({"note": evil})
+    df["run_name"] = evil
+    df["model"] = evil
+    df.loc[1, "status"] = "ERROR"
+    df.loc[1, "error"] = evil
+    curves = pd.DataFrame(
+        columns=["trial_id", "method", "iteration", "epoch", "val_accuracy", "val_loss"]
+    )
+    page = render(df, curves, evil)
+    assert evil not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+    df.to_parquet(tmp_path / "trials.parquet")
+    curves.to_parquet(tmp_path / "curves.parquet")
+    out = write_report(tmp_path)
+    assert out.name == "report.html" and evil not in out.read_text()
+    assert not list(tmp_path.glob("*.tmp"))

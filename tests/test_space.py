@@ -1,0 +1,126 @@
+"""The space schema: every shipped file loads; broken ones name the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.driver import DefineByRun
+from search.space import SPACES_DIR, SpaceError, apply_overrides, load_space, validate
+
+SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+BASE = {
+    "methods": {
+        "full": {"learning_rate": {"log": [1e-5, 1e-3]}},
+        "lora": {"lora_rank": {"choice": [4, 8]}},
+    }
+}
+
+
+def test_there_are_shipped_spaces():
+    assert any(p.name == "quick.yaml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_space_validates(path: Path):
+    space = load_space(path)
+    assert space.methods and space.search["num_samples"] >= 1
+    assert path.read_text().startswith("#"), (
+        "a space file starts with a comment showing how to run it"
+    )
+
+
+def test_quick_space_is_the_offline_demo():
+    space = load_space()
+    assert space.model == "minilm" and space.dataset.name == "bbc_news"
+    assert {"full", "linear_probe", "adapter", "lora"} <= set(space.methods)
+    assert space.method_space("adapter")["adapter_size"].kind != "fixed"
+    assert space.method_space("lora")["lora_rank"].kind != "fixed"
+    assert all(space.method_space(m)["learning_rate"].kind == "log" for m in space.methods)
+
+
+def _with(path: str, value):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    return apply_overrides(raw, [f"{path}={value}"])
+
+
+BROKEN = [
+    ("methods.lorax", "{}", "methods.lorax", "known methods"),
+    ("methods.lora.rank", "8", "methods.lora.rank", "unknown key"),
+    ("methods.lora.lora_rank", "{int: [16, 4]}", "methods.lora.lora_rank", "swap them"),
+    ("methods.full.learning_rate", "{log: [0, 1e-3]}", "methods.full.learning_rate", "low > 0"),
+    ("methods.lora.lora_rank", "{choice: []}", "methods.lora.lora_rank", "non-empty list"),
+    ("methods.lora.lora_rank", "{range: [1, 2]}", "methods.lora.lora_rank", "exactly one key"),
+    ("methods.lora.lora_rank", "0", "methods.lora.lora_rank", ">= 1"),
+    ("methods.lora.lora_targets", "everything", "methods.lora.lora_targets", "one of"),
+    ("search.num_samples", "0", "search.num_samples", ">= 1"),
+    ("search.searcher", "grid", "search.searcher", "tpe"),
+    ("experiment.max_length", "0", "experiment.max_length", "> 0"),
+    ("experiment.dataset.name", "imdb", "experiment.dataset.name", "built-in"),
+    ("experiment.dataset.path", "/nonexistent/file.tsv", "experiment.dataset.path", "no such file"),
+    ("experiment.split.validation", "0.9", "experiment.split", "sum below 1"),
+    ("train.learning_rate", "-1", "train.learning_rate", "learning_rate"),
+    ("train.epochs", "{choice: [1, 0]}", "train.epochs", "epochs"),
+    ("scheduler.type", "hyperband", "scheduler.type", "asha"),
+    ("resources.gpu", "-1", "resources.gpu", ">= 0"),
+    ("searcher", "tpe", "<top>.searcher", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("path,value,key,fix", BROKEN, ids=[b[0] + "=" + b[1] for b in BROKEN])
+def test_broken_space_names_key_and_fix(path, value, key, fix):
+    with pytest.raises(SpaceError) as err:
+        validate(_with(path, value), "broken.yaml")
+    keys = [k for k, _ in err.value.problems]
+    assert key in keys, err.value
+    assert fix in str(err.value)
+    assert "broken.yaml" in str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    raw = apply_overrides(
+        BASE, ["search.num_samples=0", "methods.lorax={}", "experiment.max_length=-3"]
+    )
+    with pytest.raises(SpaceError) as err:
+        validate(raw)
+    assert len(err.value.problems) == 3
+
+
+def test_malformed_yaml_and_missing_methods(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: {full: [unclosed\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("search: {num_samples: 2}\n")
+    with pytest.raises(SpaceError, match="methods: missing"):
+        load_space(empty)
+
+
+def test_scientific_notation_is_a_float_and_overrides_apply():
+    space = validate(
+        apply_overrides(BASE, ["methods.full.learning_rate={log: [1e-5, 1e-3]}", "train.epochs=3"])
+    )
+    d = space.method_space("full")["learning_rate"]
+    assert (d.low, d.high) == (1e-5, 1e-3)
+    assert space.max_t == 3 * 4
+
+
+def test_define_by_run_samples_only_the_chosen_methods_knobs():
+    space = validate(apply_overrides(BASE, ["train.batch_size=8"]))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        consts = DefineByRun(space)(trial)
+        method = trial.params["method"]
+        seen.add(method)
+        assert all(k == "method" or k.startswith(method + ".") for k in trial.params)
+        assert consts == {f"{method}.batch_size": 8}
+        if method == "lora":
+            assert trial.params["lora.lora_rank"] in (4, 8)
+        study.tell(trial, 0.5)
+    assert seen == {"full", "lora"}
