@@ -156,6 +156,11 @@ def cmd_run(args) -> int:
         print(pareto_table(t).to_string(index=False))
     print(f"\nresults: {res.run_dir / 'trials.parquet'}, {res.run_dir / 'curves.parquet'}")
     print(f"report:  {res.report}")
+    if not res.complete:
+        print(
+            "the search was interrupted: run the same command again to resume it", file=sys.stderr
+        )
+        return 130
     return 0
 
 

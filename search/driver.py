@@ -287,7 +287,11 @@ def run(
         interrupted = True
     # Whatever happened, write what finished: results come from Tune's folder.
     res = results_mod.collect(paths.run_dir, space=space, data=data)
-    status = "interrupted" if interrupted else "finished"
+    # Tune ends fit() quietly on Ctrl-C; unfinished trials mean the run can resume.
+    done = res.trials["status"].isin(["TERMINATED", "ERROR"]).sum()
+    complete = not interrupted and done >= space.search["num_samples"]
+    status = "finished" if complete else "interrupted"
+    res.complete = complete
     write_json_atomic(
         paths.run_dir / RUN_FILE,
         {**record, "status": status, "wall_time_s": round(time.time() - started, 1)},

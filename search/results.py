@@ -38,6 +38,7 @@ class RunResults:
     trials: pd.DataFrame
     curves: pd.DataFrame
     report: Path | None = None
+    complete: bool = True  # False: interrupted; the same command resumes it
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:

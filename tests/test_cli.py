@@ -92,3 +92,18 @@ def test_validate_and_help_work_from_any_directory(tmp_path):
     ).stdout
     for flag in ("--name", "--storage", "--num-samples", "--max-concurrent", "--set", "--resume"):
         assert flag in run_help
+
+
+@pytest.mark.slow
+def test_trial_on_the_offline_default_model_and_data(tmp_path):
+    """The demo's real model (all-MiniLM-L6-v2) and data (BBC News), installed from PyPI."""
+    out = subprocess.run(
+        ["peftsearch", "trial", "--method", "lora", "--json", "--set", "max_train_samples=32",
+         "--set", "max_eval_samples=20", "--set", "max_length=32", "--set", "evals_per_epoch=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["total_params"] > 22_000_000  # MiniLM-L6 + LoRA
+    # LoRA r=8 on query/value of 6 layers (384 -> 384) + the 5-way head.
+    assert result["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 384 * 5 + 5

@@ -93,3 +93,28 @@ def test_same_command_again_keeps_the_finished_run(finished_run, ray_local):
     assert len(again.trials) == 1
     assert len(pd.read_parquet(res.run_dir / TRIALS_FILE)) == 8
     assert (again.run_dir / CURVES_FILE).exists()
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(
+    ray_local, tmp_path, tiny_bert, topics_tsv
+):
+    space = tiny_space(
+        tiny_bert,
+        topics_tsv,
+        tmp_path / "runs",
+        # learning rate 1e30 overflows the weights: the loss is NaN at once and the trial raises.
+        methods={"full": {"learning_rate": 1e30}, "linear_probe": {"learning_rate": 1e-2}},
+        search={"num_samples": 4, "searcher": "random"},
+        scheduler={"type": "none"},
+    )
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(space))
+    res = search.run(path)
+    t = res.trials
+    assert len(t) == 4
+    failed = t[t["method"] == "full"]
+    assert len(failed) > 0 and (failed["status"] == "ERROR").all()
+    assert failed["error"].str.contains("FloatingPointError: training loss is nan").all()
+    ok = t[t["method"] == "linear_probe"]
+    assert (ok["status"] == "TERMINATED").all() and ok["error"].isna().all()
+    assert "training loss is nan" in (res.run_dir / REPORT_FILE).read_text()

@@ -305,6 +305,8 @@ def prepare(
         "num_labels": len(table.label_names),
         "max_length": max_length,
         "seed": seed,
+        # Trials pad batches with it, without loading the tokenizer again.
+        "pad_token_id": tokenizer.pad_token_id or 0,
         **{f"n_{name}": len(enc) for name, enc in splits.items()},
     }
     return PreparedData(splits=splits, label_names=table.label_names, meta=meta)

@@ -17,7 +17,7 @@ import torch
 from trainables.data import PreparedData
 from trainables.loop import EvalCallback, TrainConfig, train
 from trainables.methods import apply_method, get_method
-from trainables.model import count_parameters, load_classifier, load_tokenizer, set_threads
+from trainables.model import count_parameters, load_classifier, set_threads
 
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 CHECKPOINT_FILE = "state.pt"
@@ -61,7 +61,7 @@ def run_trial(
     started = time.perf_counter()
     model = build_model(model_name, data, method, knobs, cfg.seed)
     trainable, total = count_parameters(model)
-    pad_id = load_tokenizer(model_name).pad_token_id or 0
+    pad_id = data.meta.get("pad_token_id", 0)
     fixed = {
         "method": method,
         "trainable_params": trainable,
