@@ -20,6 +20,7 @@ TOPICS = {
 }
 FILLER = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "on", "for", "with"]
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 32, 2, 2, 64
+ARCHS = ("bert", "roberta", "distilbert", "deberta-v2", "modernbert")
 
 
 def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -83,6 +84,33 @@ def build_tiny(arch: str, out: Path) -> Path:
         cfg = DistilBertConfig(
             dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=INTERMEDIATE, **common
         )
+    elif arch == "deberta-v2":
+        from transformers import DebertaV2Config
+
+        cfg = DebertaV2Config(
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=INTERMEDIATE,
+            **common,
+        )
+    elif arch == "modernbert":
+        from transformers import ModernBertConfig
+
+        ids = {
+            "cls_token_id": tok.cls_token_id,
+            "sep_token_id": tok.sep_token_id,
+            "bos_token_id": tok.cls_token_id,
+            "eos_token_id": tok.sep_token_id,
+        }
+        cfg = ModernBertConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=INTERMEDIATE,
+            **ids,
+            **common,
+        )
     else:
         raise ValueError(arch)
     torch.manual_seed(0)
@@ -93,7 +121,7 @@ def build_tiny(arch: str, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {arch: build_tiny(arch, root / arch) for arch in ("bert", "roberta", "distilbert")}
+    return {arch: build_tiny(arch, root / arch) for arch in ARCHS}
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,15 @@
-"""Every method on every tiny architecture: exact parameter accounting, frozen means frozen."""
+"""Every method on every tiny architecture: exact parameter accounting, frozen means frozen.
+
+One table (CASES) drives the tests: a method with its knobs and a closed-form
+formula of its trainable parameters from the config (hidden size H, layers L,
+intermediate size I, vocabulary V, labels C). Adding a method adds a row.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ARCHS
 from conftest import HIDDEN as H
 from conftest import INTERMEDIATE as I_
 from conftest import LAYERS as L
@@ -15,52 +21,110 @@ from trainables.model import count_parameters, load_classifier, load_tokenizer
 from trainables.trial import build_model
 
 C = 3  # labels in the synthetic data set
+POS = 64  # max_position_embeddings
+BERT_LIKE_LAYER = 4 * (H * H + H) + 2 * H + (H * I_ + I_) + (I_ * H + H) + 2 * H
+# ModernBERT: no biases; fused Wqkv (3H) and Wi (gate + up, 2I); layer 0 has no attention norm.
+MODERN_LAYER = 3 * H * H + H * H + H + 2 * I_ * H + I_ * H
 
 
 def head(arch: str) -> int:
     if arch == "bert":
         return H * C + C
-    return (H * H + H) + (
-        H * C + C
-    )  # roberta: dense + out_proj; distilbert: pre_classifier + classifier
+    if arch == "modernbert":  # head.dense (no bias) + head.norm (no bias) + classifier
+        return H * H + H + H * C + C
+    # roberta: dense + out_proj; distilbert: pre_classifier + classifier; deberta: context pooler + classifier
+    return (H * H + H) + (H * C + C)
+
+
+def above_layers(arch: str) -> int:
+    """Base-model parameters above the layers: BERT's pooler, ModernBERT's final norm."""
+    return {"bert": H * H + H, "modernbert": H}.get(arch, 0)
+
+
+def layers(arch: str, n: int, first: int = 0) -> int:
+    if arch == "modernbert":
+        return n * MODERN_LAYER + sum(H for i in range(first, first + n) if i > 0)
+    return n * BERT_LIKE_LAYER
+
+
+def embeddings(arch: str, vocab: int) -> int:
+    return {
+        "bert": vocab * H + POS * H + 2 * H + 2 * H,  # word, position, 2 token types, LayerNorm
+        "roberta": vocab * H + POS * H + 1 * H + 2 * H,  # one token type
+        "distilbert": vocab * H + POS * H + 2 * H,
+        "deberta-v2": vocab * H + POS * H + 2 * H,
+        "modernbert": vocab * H + H,  # rotary positions; norm without bias
+    }[arch]
 
 
 def full(arch: str, vocab: int) -> int:
-    pos = 64
-    layer = 4 * (H * H + H) + 2 * H + (H * I_ + I_) + (I_ * H + H) + 2 * H
-    if arch == "bert":
-        return vocab * H + pos * H + 2 * H + 2 * H + L * layer + (H * H + H) + head(arch)
-    if arch == "roberta":  # one token type, no pooler
-        return vocab * H + pos * H + 1 * H + 2 * H + L * layer + head(arch)
-    return vocab * H + pos * H + 2 * H + L * layer + head(arch)  # distilbert: no token types
+    return embeddings(arch, vocab) + layers(arch, L) + above_layers(arch) + head(arch)
+
+
+def freeze(arch: str, k: int) -> int:
+    return layers(arch, L - k, first=k) + above_layers(arch) + head(arch)
+
+
+def bitfit(arch: str) -> int:
+    # embedding LayerNorm + per layer q, k, v, out, 2 LayerNorms, FFN out (7H) and FFN in (I)
+    pooler = H if arch == "bert" else 0
+    return H + L * (7 * H + I_) + pooler + head(arch)
 
 
 def adapter(arch: str, m: int, variant: str) -> int:
-    per_layer = 2 if variant == "houlsby" else 1
-    return L * per_layer * (2 * H * m + m + H) + head(arch)
+    per_layer = {"houlsby": 2, "pfeiffer": 1}
+    n = 1 if variant == "top" else L * per_layer[variant]
+    return n * (2 * H * m + m + H) + head(arch)
 
 
 def lora(arch: str, r: int, targets: str) -> int:
+    if arch == "modernbert":  # fused Wqkv: H -> 3H
+        if targets == "query_value":
+            return L * r * (H + 3 * H) + head(arch)
+        return L * (r * (H + 3 * H) + r * (H + H) + r * (H + 2 * I_) + r * (I_ + H)) + head(arch)
     if targets == "query_value":
         return L * 2 * r * (H + H) + head(arch)
     # q, k, v, attention output (H -> H), then H -> I and I -> H
     return L * (4 * r * (H + H) + r * (H + I_) + r * (I_ + H)) + head(arch)
 
 
-# (method, knobs, formula(arch, vocab)) - one row per case; every method appears.
+def ia3(arch: str, targets: str) -> int:
+    kv = 3 * H if arch == "modernbert" else 2 * H  # key and value outputs (ModernBERT: fused Wqkv)
+    ffn = I_ if targets == "kv_ffn" else 0  # the FFN output projection's input
+    return L * (kv + ffn) + head(arch)
+
+
+# (method, knobs, formula(arch, vocab), architectures it cannot apply to)
 CASES = [
-    ("full", {}, lambda a, v: full(a, v)),
-    ("linear_probe", {}, lambda a, v: head(a)),
-    ("adapter", {"adapter_size": 4}, lambda a, v: adapter(a, 4, "pfeiffer")),
+    ("full", {}, lambda a, v: full(a, v), ()),
+    ("linear_probe", {}, lambda a, v: head(a), ()),
+    ("freeze", {"freeze_layers": 1}, lambda a, v: freeze(a, 1), ()),
+    ("freeze", {"freeze_layers": L}, lambda a, v: freeze(a, L), ()),
+    ("bitfit", {}, lambda a, v: bitfit(a), ("modernbert",)),  # ModernBERT has no biases
+    ("adapter", {"adapter_size": 4}, lambda a, v: adapter(a, 4, "pfeiffer"), ()),
     (
         "adapter",
         {"adapter_size": 8, "adapter_variant": "houlsby"},
         lambda a, v: adapter(a, 8, "houlsby"),
+        (),
     ),
-    ("lora", {"lora_rank": 2}, lambda a, v: lora(a, 2, "query_value")),
-    ("lora", {"lora_rank": 4, "lora_targets": "all_linear"}, lambda a, v: lora(a, 4, "all_linear")),
+    (
+        "adapter",
+        {"adapter_size": 8, "adapter_placement": "top"},
+        lambda a, v: adapter(a, 8, "top"),
+        (),
+    ),
+    ("lora", {"lora_rank": 2}, lambda a, v: lora(a, 2, "query_value"), ()),
+    (
+        "lora",
+        {"lora_rank": 4, "lora_targets": "all_linear"},
+        lambda a, v: lora(a, 4, "all_linear"),
+        (),
+    ),
+    ("ia3", {}, lambda a, v: ia3(a, "kv_ffn"), ()),
+    ("ia3", {"ia3_targets": "kv"}, lambda a, v: ia3(a, "kv"), ()),
 ]
-ARCHS = ["bert", "roberta", "distilbert"]
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
 
 def test_every_registered_method_has_a_case():
@@ -74,13 +138,15 @@ def datasets(tiny_models, topics_tsv):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize(
-    "method,knobs,formula", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
-)
+@pytest.mark.parametrize("method,knobs,formula,unsupported", CASES, ids=IDS)
 def test_trainable_params_match_formula_and_only_they_move(
-    arch, method, knobs, formula, tiny_models, datasets
+    arch, method, knobs, formula, unsupported, tiny_models, datasets
 ):
     data = datasets[arch]
+    if arch in unsupported:
+        with pytest.raises(ValueError, match=method):
+            build_model(str(tiny_models[arch]), data, method, knobs, seed=0)
+        return
     vocab = len(load_tokenizer(str(tiny_models[arch])))
     model = build_model(str(tiny_models[arch]), data, method, knobs, seed=0)
     trainable, total = count_parameters(model)
@@ -126,3 +192,5 @@ def test_unknown_method_and_knob_are_rejected(tiny_bert):
         apply_method(model, "lora", {"rank": 4})
     with pytest.raises(ValueError, match="lora_rank"):
         apply_method(model, "lora", {"lora_rank": 0})
+    with pytest.raises(ValueError, match="freeze_layers=3 but the model has 2 layers"):
+        apply_method(load_classifier(str(tiny_bert), C), "freeze", {"freeze_layers": 3})

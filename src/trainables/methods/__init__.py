@@ -9,11 +9,20 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods import adapter, full, linear_probe, lora
+from trainables.methods import adapter, bitfit, freeze, full, ia3, linear_probe, lora
 from trainables.methods._base import Knob, Method, freeze_base
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in (full.METHOD, linear_probe.METHOD, adapter.METHOD, lora.METHOD)
+    m.name: m
+    for m in (
+        full.METHOD,
+        linear_probe.METHOD,
+        freeze.METHOD,
+        bitfit.METHOD,
+        adapter.METHOD,
+        lora.METHOD,
+        ia3.METHOD,
+    )
 }
 
 

@@ -1,8 +1,10 @@
-"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020) in every layer.
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020).
 
-A residual bottleneck ``y + up(act(down(y)))`` follows the output projection of
-the feed-forward block (``pfeiffer``), or of both the attention and the
-feed-forward blocks (``houlsby``). ``up`` starts at zero, so the adapted model
+A residual bottleneck ``x + up(act(down(x)))``. Placement ``layer`` puts one
+after the feed-forward output projection of every layer (variant
+``pfeiffer``), or after both the attention and the feed-forward output
+projections (``houlsby``); placement ``top`` puts a single one on the
+encoder's final hidden states. ``up`` starts at zero, so the adapted model
 begins exactly as the pretrained one. Parameters per adapter:
 ``2 * hidden * size + size + hidden``.
 """
@@ -14,18 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from trainables.methods._arch import arch_of, encoder_layers, layer_regex
 from trainables.methods._base import Knob, Method, freeze_base
 
-# model_type -> (feed-forward output projection, attention output projection)
-TARGETS: dict[str, tuple[str, str]] = {
-    "bert": (r"layer\.\d+\.output\.dense", r"layer\.\d+\.attention\.output\.dense"),
-    "roberta": (r"layer\.\d+\.output\.dense", r"layer\.\d+\.attention\.output\.dense"),
-    "xlm-roberta": (r"layer\.\d+\.output\.dense", r"layer\.\d+\.attention\.output\.dense"),
-    "electra": (r"layer\.\d+\.output\.dense", r"layer\.\d+\.attention\.output\.dense"),
-    "deberta-v2": (r"layer\.\d+\.output\.dense", r"layer\.\d+\.attention\.output\.dense"),
-    "distilbert": (r"layer\.\d+\.ffn\.lin2", r"layer\.\d+\.attention\.out_lin"),
-    "modernbert": (r"layers\.\d+\.mlp\.Wo", r"layers\.\d+\.attn\.Wo"),
-}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -58,27 +51,28 @@ class AdaptedLinear(nn.Module):
         return self.adapter(self.base(x))
 
 
-def target_patterns(model: nn.Module, variant: str) -> list[str]:
-    """The module-name patterns adapters follow in this architecture."""
-    model_type = model.config.model_type
-    if model_type not in TARGETS:
-        raise ValueError(
-            f"adapter: architecture {model_type!r} is not supported; supported: {sorted(TARGETS)}"
-        )
-    ffn, attn = TARGETS[model_type]
-    return [ffn, attn] if variant == "houlsby" else [ffn]
+def _top_hook(module: nn.Module, inputs, output):
+    # Layers return a tensor or a tuple whose first item is the hidden states.
+    if isinstance(output, tuple):
+        return (module.top_adapter(output[0]), *output[1:])
+    return module.top_adapter(output)
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-    """Freeze the encoder and add adapters after the targeted projections."""
+    """Freeze the encoder and add adapters (see the module docstring)."""
     freeze_base(model)
-    patterns = [
-        re.compile(rf"(^|\.){p}$") for p in target_patterns(model, knobs["adapter_variant"])
-    ]
+    size, act = knobs["adapter_size"], knobs["adapter_activation"]
+    if knobs["adapter_placement"] == "top":
+        last = encoder_layers(model)[-1]
+        ref = next(model.parameters())
+        last.top_adapter = Bottleneck(model.config.hidden_size, size, act).to(ref.device, ref.dtype)
+        last.register_forward_hook(_top_hook)
+        return model
+    arch = arch_of(model, "adapter")
+    fragments = [arch.ffn_out] + ([arch.attn_out] if knobs["adapter_variant"] == "houlsby" else [])
+    pattern = re.compile(layer_regex(model, fragments))
     targets = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(p.search(name) for p in patterns)
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n)
     ]
     if not targets:
         raise ValueError(f"adapter: no target projection found in {type(model).__name__}")
@@ -86,8 +80,9 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
-        wrapped = AdaptedLinear(base, knobs["adapter_size"], knobs["adapter_activation"])
-        wrapped.to(device=base.weight.device, dtype=base.weight.dtype)
+        wrapped = AdaptedLinear(base, size, act).to(
+            device=base.weight.device, dtype=base.weight.dtype
+        )
         setattr(parent, child, wrapped)
     return model
 
@@ -95,15 +90,22 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
 METHOD = Method(
     name="adapter",
     apply=apply,
-    help="bottleneck adapters in every layer + head; the encoder is frozen",
+    help="bottleneck adapters (in every layer, or one on top) + head; the encoder is frozen",
     knobs=(
+        Knob(
+            "adapter_placement",
+            "choice",
+            "layer",
+            choices=("layer", "top"),
+            help="layer: in every layer; top: one adapter on the final hidden states",
+        ),
         Knob("adapter_size", "int", 16, low=1, high=4096, help="bottleneck width"),
         Knob(
             "adapter_variant",
             "choice",
             "pfeiffer",
             choices=("pfeiffer", "houlsby"),
-            help="pfeiffer: after the feed-forward block; houlsby: after attention and feed-forward",
+            help="placement layer: pfeiffer after the feed-forward block; houlsby after attention and feed-forward",
         ),
         Knob(
             "adapter_activation", "choice", "relu", choices=tuple(ACTIVATIONS), help="non-linearity"

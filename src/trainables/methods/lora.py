@@ -11,38 +11,25 @@ from typing import Any
 
 from torch import nn
 
+from trainables.methods._arch import arch_of, layer_regex
 from trainables.methods._base import Knob, Method, freeze_base
-
-# model_type -> (attention query/value projections, all linear layers of the encoder)
-TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "bert": (["query", "value"], ["query", "key", "value", "dense"]),
-    "roberta": (["query", "value"], ["query", "key", "value", "dense"]),
-    "xlm-roberta": (["query", "value"], ["query", "key", "value", "dense"]),
-    "electra": (["query", "value"], ["query", "key", "value", "dense"]),
-    "deberta-v2": (["query_proj", "value_proj"], ["query_proj", "key_proj", "value_proj", "dense"]),
-    "distilbert": (["q_lin", "v_lin"], ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]),
-    "modernbert": (["Wqkv"], ["Wqkv", "Wo", "Wi"]),
-}
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject LoRA into the targeted projections."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    model_type = model.config.model_type
-    if model_type not in TARGETS:
-        raise ValueError(
-            f"lora: architecture {model_type!r} is not supported; supported: {sorted(TARGETS)}"
-        )
-    qv, all_linear = TARGETS[model_type]
-    modules = qv if knobs["lora_targets"] == "query_value" else all_linear
-    base_prefix = model.base_model_prefix
+    a = arch_of(model, "lora")
+    if knobs["lora_targets"] == "query_value":
+        fragments = [a.query, a.value]
+    else:
+        fragments = [a.query, a.key, a.value, a.attn_out, a.ffn_in, a.ffn_out]
     config = LoraConfig(
         r=knobs["lora_rank"],
         lora_alpha=knobs["lora_alpha"],
         lora_dropout=knobs["lora_dropout"],
         # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
-        target_modules=rf"^{base_prefix}\.(.*\.)?layers?\.\d+\.(.*\.)?({'|'.join(modules)})$",
+        target_modules=layer_regex(model, fragments),
     )
     freeze_base(model)
     head = {n for n, p in model.named_parameters() if p.requires_grad}

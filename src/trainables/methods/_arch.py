@@ -1,0 +1,97 @@
+"""Where things are in each encoder architecture: one table all methods share.
+
+Module paths are relative to one encoder layer (``...layer.N.`` or
+``...layers.N.``); :func:`layer_regex` anchors them inside the base model so
+the pooler and the head are never matched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Names of one layer's projections (regex fragments, relative to the layer)."""
+
+    query: str
+    key: str
+    value: str
+    attn_out: str
+    ffn_in: str
+    ffn_out: str
+
+
+_BERT = Arch(
+    query=r"attention\.self\.query",
+    key=r"attention\.self\.key",
+    value=r"attention\.self\.value",
+    attn_out=r"attention\.output\.dense",
+    ffn_in=r"intermediate\.dense",
+    ffn_out=r"output\.dense",
+)
+ARCHS: dict[str, Arch] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "electra": _BERT,
+    "deberta-v2": Arch(
+        query=r"attention\.self\.query_proj",
+        key=r"attention\.self\.key_proj",
+        value=r"attention\.self\.value_proj",
+        attn_out=r"attention\.output\.dense",
+        ffn_in=r"intermediate\.dense",
+        ffn_out=r"output\.dense",
+    ),
+    "distilbert": Arch(
+        query=r"attention\.q_lin",
+        key=r"attention\.k_lin",
+        value=r"attention\.v_lin",
+        attn_out=r"attention\.out_lin",
+        ffn_in=r"ffn\.lin1",
+        ffn_out=r"ffn\.lin2",
+    ),
+    # ModernBERT fuses query, key and value (Wqkv) and gate + up (Wi).
+    "modernbert": Arch(
+        query=r"attn\.Wqkv",
+        key=r"attn\.Wqkv",
+        value=r"attn\.Wqkv",
+        attn_out=r"attn\.Wo",
+        ffn_in=r"mlp\.Wi",
+        ffn_out=r"mlp\.Wo",
+    ),
+}
+
+
+def arch_of(model: nn.Module, method: str) -> Arch:
+    """The table row of ``model``'s architecture; a clear error if it has none."""
+    model_type = model.config.model_type
+    if model_type not in ARCHS:
+        raise ValueError(
+            f"{method}: architecture {model_type!r} is not supported; supported: {sorted(ARCHS)}"
+        )
+    return ARCHS[model_type]
+
+
+def layer_regex(model: nn.Module, fragments: list[str]) -> str:
+    """A full-match regex for the given layer-relative module paths."""
+    alternatives = "|".join(sorted(set(fragments)))
+    return rf"^{re.escape(model.base_model_prefix)}\.(.*\.)?layers?\.\d+\.({alternatives})$"
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The base model's list of transformer layers."""
+    base = getattr(model, model.base_model_prefix)
+    for name, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and re.search(r"(^|\.)layers?$", name):
+            return module
+    raise ValueError(f"no encoder layer list found in {type(model).__name__}")
+
+
+def layer_index(name: str) -> int | None:
+    """The encoder layer a parameter belongs to, or None (embeddings, pooler, head)."""
+    m = re.search(r"\blayers?\.(\d+)\.", name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,49 @@
+"""IA3 (Liu et al. 2022) through peft: learned vectors that rescale activations.
+
+Keys and values are rescaled on their outputs (``out_features`` each), the
+feed-forward output projection on its input (``in_features``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from trainables.methods._arch import arch_of, layer_regex
+from trainables.methods._base import Knob, Method, freeze_base
+
+
+def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+    """Freeze the encoder and inject IA3 vectors."""
+    from peft import IA3Config, inject_adapter_in_model
+
+    a = arch_of(model, "ia3")
+    attention = [a.key, a.value]
+    feedforward = [a.ffn_out] if knobs["ia3_targets"] == "kv_ffn" else []
+    config = IA3Config(
+        target_modules=layer_regex(model, attention + feedforward),
+        feedforward_modules=layer_regex(model, feedforward) if feedforward else [],
+    )
+    freeze_base(model)
+    head = {n for n, p in model.named_parameters() if p.requires_grad}
+    model = inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("ia3_" in name or name in head)
+    return model
+
+
+METHOD = Method(
+    name="ia3",
+    apply=apply,
+    help="learned rescaling of keys, values (and feed-forward activations) + head; encoder frozen",
+    knobs=(
+        Knob(
+            "ia3_targets",
+            "choice",
+            "kv_ffn",
+            choices=("kv_ffn", "kv"),
+            help="kv_ffn: keys, values and the feed-forward activations (the paper's); kv: attention only",
+        ),
+    ),
+)
