@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -190,19 +189,10 @@ def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], l
     flat: dict[str, Any] = {"method": method}
     dists = space.method_space(method) if method in space.methods else dict(space.train)
     for key, dist in dists.items():
-        flat[key] = _center(dist)
+        flat[key] = dist.center()
     flat.update(given)
     flat.setdefault("seed", space.seed)
     return flat, exp
-
-
-def _center(d) -> Any:
-    if d.kind == "fixed":
-        return d.value
-    if d.kind == "choice":
-        return d.choices[len(d.choices) // 2]
-    v = math.sqrt(d.low * d.high) if d.kind in ("log", "log_int") else (d.low + d.high) / 2
-    return round(v) if d.kind in ("int", "log_int") else v
 
 
 def cmd_trial(args) -> int:
@@ -244,9 +234,11 @@ def cmd_trial(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from search.driver import check_fit
     from search.space import load_space
 
     space = load_space(args.space, args.set)
+    check_fit(space)
     print(
         f"{space.source}: ok - {len(space.methods)} methods, {space.search['num_samples']} trials, "
         f"max_t {space.max_t} evaluation rounds"

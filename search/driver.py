@@ -111,6 +111,45 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_fit(space: Space) -> None:
+    """Apply every method, at every extreme of its knobs, to the model's architecture.
+
+    The model is built from its config on the meta device (no weights, no
+    memory), so a method that cannot apply - prefix on DeBERTa-v2, bitfit on
+    a model without biases, more frozen layers than the model has - is a
+    :class:`SpaceError` before any trial starts, not a crash mid-search.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from search.space import SpaceError
+    from trainables.methods import apply_method, get_method
+    from trainables.model import resolve_model
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(space.model), num_labels=2)
+    except (OSError, ValueError) as e:
+        raise SpaceError(
+            space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]
+        ) from None
+    problems: list[tuple[str, str]] = []
+    for method, dists in space.methods.items():
+        own = {k: d for k, d in dists.items() if get_method(method).knob(k)}
+        center = {k: d.center() for k, d in own.items()}
+        variants = [center] + [{**center, k: v} for k, d in own.items() for v in d.extremes()]
+        for knobs in variants:
+            try:
+                with torch.device("meta"):
+                    apply_method(
+                        AutoModelForSequenceClassification.from_config(config), method, knobs
+                    )
+            except (ValueError, TypeError, NotImplementedError) as e:
+                problems.append((f"methods.{method}", f"{e} (model {space.model}, knobs {knobs})"))
+                break
+    if problems:
+        raise SpaceError(space.source, problems)
+
+
 def prepare_data(space: Space, progress: bool = True) -> PreparedData:
     """Load, split and tokenize the data: once per search, here in the driver."""
     started = time.perf_counter()
@@ -265,6 +304,7 @@ def run(
         saved = yaml.safe_load((paths.run_dir / SPACE_FILE).read_text())
         space = validate(saved, str(paths.run_dir / SPACE_FILE))
         print(f"resuming {paths.run_dir}", flush=True)
+    check_fit(space)
     data = prepare_data(space, progress=not quiet)
 
     _init_ray(address)

@@ -124,6 +124,19 @@ class Dist:
             )
         return trial.suggest_float(name, self.low, self.high, log=self.kind == "log")
 
+    def center(self) -> Any:
+        """A representative value: the fixed value, the middle choice, or the (geometric) middle."""
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "choice":
+            return self.choices[len(self.choices) // 2]
+        mid = (
+            (self.low * self.high) ** 0.5
+            if self.kind in ("log", "log_int")
+            else (self.low + self.high) / 2
+        )
+        return round(mid) if self.kind in ("int", "log_int") else mid
+
     def extremes(self) -> list[Any]:
         """The values a knob's own bounds must admit: every choice, or both ends."""
         if self.kind == "fixed":

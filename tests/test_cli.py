@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,20 @@ def test_trial_on_the_offline_default_model_and_data(tmp_path):
     assert result["total_params"] > 22_000_000  # MiniLM-L6 + LoRA
     # LoRA r=8 on query/value of 6 layers (384 -> 384) + the 5-way head.
     assert result["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 384 * 5 + 5
+
+
+def test_method_that_cannot_apply_to_the_architecture_exits_2(tmp_path, tiny_models, topics_tsv):
+    space = tiny_space(tiny_models["deberta-v2"], topics_tsv, tmp_path / "runs")
+    space["methods"]["prefix"] = {"prefix_length": 4}
+    space["methods"]["freeze"] = {"freeze_layers": {"int": [1, 9]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space))
+    for cmd in (["validate", str(path)], ["run", str(path)]):
+        out = run_cli(cmd, tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "methods.prefix: prefix: deberta-v2 computes attention itself" in out.stderr
+        assert re.search(
+            r"methods.freeze: freeze: freeze_layers=\d+ but the model has 2 layers", out.stderr
+        )
+        assert "RAY_STARTED False" in out.stdout
+    assert not (tmp_path / "runs").exists()

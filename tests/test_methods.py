@@ -94,6 +94,21 @@ def ia3(arch: str, targets: str) -> int:
     return L * (kv + ffn) + head(arch)
 
 
+def p_tuning(arch: str, n: int, e: int, encoder: str) -> int:
+    if encoder == "mlp":  # H -> e -> e -> H
+        enc = (H * e + e) + (e * e + e) + (e * H + H)
+    else:  # 2-layer bidirectional LSTM (gates 4e, two bias vectors), then 2e -> 2e -> H
+        lstm = 2 * (4 * e * H + 4 * e * e + 8 * e) + 2 * (4 * e * 2 * e + 4 * e * e + 8 * e)
+        enc = lstm + (2 * e * 2 * e + 2 * e) + (2 * e * H + H)
+    return n * H + enc + head(arch)
+
+
+def prefix(arch: str, n: int, p: int | None) -> int:
+    if p is None:
+        return n * L * 2 * H + head(arch)
+    return n * H + (H * p + p) + (p * L * 2 * H + L * 2 * H) + head(arch)
+
+
 # (method, knobs, formula(arch, vocab), architectures it cannot apply to)
 CASES = [
     ("full", {}, lambda a, v: full(a, v), ()),
@@ -123,6 +138,33 @@ CASES = [
     ),
     ("ia3", {}, lambda a, v: ia3(a, "kv_ffn"), ()),
     ("ia3", {"ia3_targets": "kv"}, lambda a, v: ia3(a, "kv"), ()),
+    ("prompt_tuning", {"prompt_length": 4}, lambda a, v: 4 * H + head(a), ()),
+    (
+        "prompt_tuning",
+        {"prompt_length": 6, "prompt_init": "text"},
+        lambda a, v: 6 * H + head(a),
+        (),
+    ),
+    (
+        "p_tuning",
+        {"prompt_length": 4, "prompt_encoder_size": 16},
+        lambda a, v: p_tuning(a, 4, 16, "mlp"),
+        (),
+    ),
+    (
+        "p_tuning",
+        {"prompt_length": 4, "prompt_encoder": "lstm", "prompt_encoder_size": 8},
+        lambda a, v: p_tuning(a, 4, 8, "lstm"),
+        (),
+    ),
+    # DeBERTa-v2 computes attention in-house: no attention interface to route prefixes through.
+    ("prefix", {"prefix_length": 4}, lambda a, v: prefix(a, 4, None), ("deberta-v2",)),
+    (
+        "prefix",
+        {"prefix_length": 4, "prefix_projection": True, "prefix_hidden": 16},
+        lambda a, v: prefix(a, 4, 16),
+        ("deberta-v2",),
+    ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
@@ -194,3 +236,27 @@ def test_unknown_method_and_knob_are_rejected(tiny_bert):
         apply_method(model, "lora", {"lora_rank": 0})
     with pytest.raises(ValueError, match="freeze_layers=3 but the model has 2 layers"):
         apply_method(load_classifier(str(tiny_bert), C), "freeze", {"freeze_layers": 3})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pair_tasks_train_on_every_architecture(arch, tiny_models, tmp_path):
+    """Sentence pairs (segment ids where the model has them) through full, prefix and prompt methods."""
+    from trainables.trial import run_trial
+
+    path = tmp_path / "pairs.tsv"
+    rows = [
+        f"goal team {i}\t{'chip data' if i % 2 else 'goal win'}\t{'same' if i % 2 == 0 else 'diff'}"
+        for i in range(60)
+    ]
+    path.write_text("premise\thypothesis\tlabel\n" + "\n".join(rows) + "\n")
+    spec = DatasetSpec(path=str(path), text="premise", text_pair="hypothesis")
+    data = prepare(spec, load_tokenizer(str(tiny_models[arch])), 16, validation=0.2, test=0.2)
+    methods = ["full", "prompt_tuning"] + ([] if arch == "deberta-v2" else ["prefix"])
+    for method in methods:
+        out = run_trial(
+            {"method": method, "epochs": 1, "evals_per_epoch": 1},
+            data,
+            str(tiny_models[arch]),
+            lambda m, s: None,
+        )
+        assert 0.0 <= out["val_accuracy"] <= 1.0

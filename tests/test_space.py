@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import DefineByRun
+from search.driver import DefineByRun, check_fit
 from search.space import SPACES_DIR, SpaceError, apply_overrides, load_space, validate
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
@@ -27,6 +27,7 @@ def test_there_are_shipped_spaces():
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_space_validates(path: Path):
     space = load_space(path)
+    check_fit(space)  # every method, at every knob extreme, applies to the space's model
     assert space.methods and space.search["num_samples"] >= 1
     assert path.read_text().startswith("#"), (
         "a space file starts with a comment showing how to run it"

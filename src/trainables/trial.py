@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import tempfile
 import time
@@ -42,6 +43,25 @@ def build_model(model_name: str, data: PreparedData, method: str, knobs: dict, s
     return model.to(device)
 
 
+def accepts_token_types(model) -> bool:
+    """Whether the model uses segment ids.
+
+    DistilBERT and ModernBERT take none; RoBERTa (one type) and DeBERTa-v2
+    (none by default) have no embedding for segment 1.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "token_type_ids" in inspect.signature(base.forward).parameters
+    return takes and getattr(base.config, "type_vocab_size", 2) >= 2
+
+
+def fit_data(model, data: PreparedData) -> PreparedData:
+    """The data as this model takes it: segment ids dropped where it has none."""
+    if accepts_token_types(model) or all(e.token_type_ids is None for e in data.splits.values()):
+        return data
+    splits = {k: dataclasses.replace(e, token_type_ids=None) for k, e in data.splits.items()}
+    return dataclasses.replace(data, splits=splits)
+
+
 def run_trial(
     flat_config: dict[str, Any],
     data: PreparedData,
@@ -60,6 +80,7 @@ def run_trial(
     method, knobs, cfg = split_config(flat_config)
     started = time.perf_counter()
     model = build_model(model_name, data, method, knobs, cfg.seed)
+    data = fit_data(model, data)
     trainable, total = count_parameters(model)
     pad_id = data.meta.get("pad_token_id", 0)
     fixed = {

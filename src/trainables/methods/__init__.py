@@ -9,7 +9,18 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods import adapter, bitfit, freeze, full, ia3, linear_probe, lora
+from trainables.methods import (
+    adapter,
+    bitfit,
+    freeze,
+    full,
+    ia3,
+    linear_probe,
+    lora,
+    p_tuning,
+    prefix,
+    prompt_tuning,
+)
 from trainables.methods._base import Knob, Method, freeze_base
 
 METHODS: dict[str, Method] = {
@@ -22,6 +33,9 @@ METHODS: dict[str, Method] = {
         adapter.METHOD,
         lora.METHOD,
         ia3.METHOD,
+        prompt_tuning.METHOD,
+        p_tuning.METHOD,
+        prefix.METHOD,
     )
 }
 

@@ -23,6 +23,8 @@ class Arch:
     attn_out: str
     ffn_in: str
     ffn_out: str
+    # The module that calls transformers' attention interface; None: attention is computed in-house.
+    attn_module: str | None = None
 
 
 _BERT = Arch(
@@ -32,6 +34,7 @@ _BERT = Arch(
     attn_out=r"attention\.output\.dense",
     ffn_in=r"intermediate\.dense",
     ffn_out=r"output\.dense",
+    attn_module=r"attention\.self",
 )
 ARCHS: dict[str, Arch] = {
     "bert": _BERT,
@@ -53,6 +56,7 @@ ARCHS: dict[str, Arch] = {
         attn_out=r"attention\.out_lin",
         ffn_in=r"ffn\.lin1",
         ffn_out=r"ffn\.lin2",
+        attn_module=r"attention",
     ),
     # ModernBERT fuses query, key and value (Wqkv) and gate + up (Wi).
     "modernbert": Arch(
@@ -62,6 +66,7 @@ ARCHS: dict[str, Arch] = {
         attn_out=r"attn\.Wo",
         ffn_in=r"mlp\.Wi",
         ffn_out=r"mlp\.Wo",
+        attn_module=r"attn",
     ),
 }
 

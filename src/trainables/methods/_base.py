@@ -73,3 +73,35 @@ def freeze_base(model: nn.Module) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(name in head)
     return model
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Top-level names of the head's modules (``classifier``, ``pre_classifier``, ...)."""
+    return sorted({n.split(".")[0] for n in head_parameter_names(model)})
+
+
+def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
+    """Wrap ``model`` in peft's sequence-classification model for a prompt method.
+
+    peft's prompt methods change the forward (virtual tokens before the
+    input), so they need the ``PeftModel`` wrapper; the loop calls it like
+    any model. The whole head trains, through ``modules_to_save``.
+    """
+    import warnings
+
+    from peft import get_peft_model
+
+    c = model.config
+    config = config_cls(
+        task_type="SEQ_CLS",
+        modules_to_save=head_modules(model),
+        # peft reads these from the config under their usual names; DistilBERT's differ.
+        token_dim=c.hidden_size,
+        num_attention_heads=c.num_attention_heads,
+        num_layers=c.num_hidden_layers,
+        **kwargs,
+    )
+    with warnings.catch_warnings():
+        # peft 0.21 calls an API transformers 5 deprecated (is_gradient_checkpointing).
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, config)
