@@ -163,7 +163,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-EXPERIMENT_KEYS = ("max_length", "max_train_samples", "max_eval_samples", "seed", "model")
+EXPERIMENT_KEYS = (
+    "max_length",
+    "max_train_samples",
+    "max_eval_samples",
+    "seed",
+    "model",
+    "feature_cache",
+)
 
 
 def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -198,13 +205,17 @@ def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], l
 def cmd_trial(args) -> int:
     from search.driver import prepare_data
     from search.space import load_space
-    from trainables.trial import run_trial
+    from trainables.features import uses_cache
+    from trainables.model import load_config
+    from trainables.trial import run_trial, split_config
 
     space = load_space(args.space)
     flat, exp = trial_config(space, args.method, args.set)
     if exp:
         space = load_space(args.space, exp)
-    data = prepare_data(space, progress=not args.json)
+    method, knobs, _ = split_config(flat)
+    cache = space.feature_cache and uses_cache(method, knobs, load_config(space.model))
+    data = prepare_data(space, progress=not args.json, features=cache)
 
     def on_eval(metrics: dict, get_state) -> None:
         if not args.json:

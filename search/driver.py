@@ -111,19 +111,20 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def check_fit(space: Space) -> None:
+def check_fit(space: Space):
     """Apply every method, at every extreme of its knobs, to the model's architecture.
 
     The model is built from its config on the meta device (no weights, no
     memory), so a method that cannot apply - prefix on DeBERTa-v2, bitfit on
     a model without biases, more frozen layers than the model has - is a
     :class:`SpaceError` before any trial starts, not a crash mid-search.
+    Returns the model's config.
     """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from search.space import SpaceError
-    from trainables.methods import apply_method, get_method
+    from trainables.methods import apply_method
     from trainables.model import resolve_model
 
     try:
@@ -133,11 +134,8 @@ def check_fit(space: Space) -> None:
             space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]
         ) from None
     problems: list[tuple[str, str]] = []
-    for method, dists in space.methods.items():
-        own = {k: d for k, d in dists.items() if get_method(method).knob(k)}
-        center = {k: d.center() for k, d in own.items()}
-        variants = [center] + [{**center, k: v} for k, d in own.items() for v in d.extremes()]
-        for knobs in variants:
+    for method in space.methods:
+        for knobs in space.knob_variants(method):
             try:
                 with torch.device("meta"):
                     apply_method(
@@ -148,9 +146,21 @@ def check_fit(space: Space) -> None:
                 break
     if problems:
         raise SpaceError(space.source, problems)
+    return config
 
 
-def prepare_data(space: Space, progress: bool = True) -> PreparedData:
+def wants_features(space: Space, config) -> bool:
+    """Whether any configuration of the space trains only above the frozen encoder."""
+    from trainables.features import uses_cache
+
+    return space.feature_cache and any(
+        uses_cache(method, knobs, config)
+        for method in space.methods
+        for knobs in space.knob_variants(method)
+    )
+
+
+def prepare_data(space: Space, progress: bool = True, features: bool = False) -> PreparedData:
     """Load, split and tokenize the data: once per search, here in the driver."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(space.model)
@@ -172,6 +182,18 @@ def prepare_data(space: Space, progress: bool = True) -> PreparedData:
             f"tokenized once in {data.meta['tokenize_s']} s",
             flush=True,
         )
+    if features:
+        from trainables.features import add_features
+
+        started = time.perf_counter()
+        add_features(data, space.model)  # train and validation only: never the test split
+        data.meta["features_s"] = round(time.perf_counter() - started, 2)
+        if progress:
+            print(
+                f"frozen-encoder features cached once in {data.meta['features_s']} s "
+                "(linear probe, top adapter, all layers frozen train on them)",
+                flush=True,
+            )
     return data
 
 
@@ -304,8 +326,8 @@ def run(
         saved = yaml.safe_load((paths.run_dir / SPACE_FILE).read_text())
         space = validate(saved, str(paths.run_dir / SPACE_FILE))
         print(f"resuming {paths.run_dir}", flush=True)
-    check_fit(space)
-    data = prepare_data(space, progress=not quiet)
+    config = check_fit(space)
+    data = prepare_data(space, progress=not quiet, features=wants_features(space, config))
 
     _init_ray(address)
     paths.run_dir.mkdir(parents=True, exist_ok=True)

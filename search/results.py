@@ -131,6 +131,7 @@ def trial_rows(run_dir: Path, space=None) -> tuple[list[dict], list[dict]]:
                 trial.status == "TERMINATED" and planned is not None and iterations < planned
             ),
             "wall_time_s": last.get("time_total_s"),
+            "feature_cache": last.get("feature_cache"),
             "error": _error_text(trial),
             "node": last.get("hostname"),
             "config_json": json.dumps(config, sort_keys=True, default=str),
@@ -186,7 +187,7 @@ def _trial_columns() -> list[str]:
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "error", "node", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "feature_cache", "error", "node", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "max_train_samples": None,
         "max_eval_samples": None,
         "seed": 0,
+        "feature_cache": True,
     },
     "train": {},
     "methods": None,
@@ -224,6 +225,7 @@ class Space:
     max_train_samples: int | None
     max_eval_samples: int | None
     seed: int
+    feature_cache: bool
     train: dict[str, Dist]
     methods: dict[str, dict[str, Dist]]
     search: dict[str, Any]
@@ -235,6 +237,12 @@ class Space:
     def method_space(self, method: str) -> dict[str, Dist]:
         """Shared knobs overridden by the method's own: what a trial of it samples."""
         return {**self.train, **self.methods[method]}
+
+    def knob_variants(self, method: str) -> list[dict[str, Any]]:
+        """The method's own knobs at their centre, then each at each of its extremes."""
+        own = {k: d for k, d in self.methods[method].items() if METHODS[method].knob(k)}
+        center = {k: d.center() for k, d in own.items()}
+        return [center] + [{**center, k: v} for k, d in own.items() for v in d.extremes()]
 
     @property
     def max_t(self) -> int:
@@ -296,6 +304,13 @@ def validate(raw: Any, source: str = "<space>") -> Space:
             v = exp.get(key)
             if v is not None and not (isinstance(v, int) and v > 0):
                 problems.append((f"experiment.{key}", f"must be an integer > 0 or null, got {v!r}"))
+        if not isinstance(exp.get("feature_cache"), bool):
+            problems.append(
+                (
+                    "experiment.feature_cache",
+                    f"must be true or false, got {exp.get('feature_cache')!r}",
+                )
+            )
         if not isinstance(exp.get("seed"), int):
             problems.append(("experiment.seed", f"must be an integer, got {exp.get('seed')!r}"))
         split = exp.get("split")
@@ -428,6 +443,7 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         max_train_samples=exp.get("max_train_samples"),
         max_eval_samples=exp.get("max_eval_samples"),
         seed=exp["seed"],
+        feature_cache=exp["feature_cache"],
         train=train,
         methods=methods,
         search=search,

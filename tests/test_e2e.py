@@ -62,6 +62,13 @@ def test_parquet_files_follow_the_contract(finished_run):
     )
     assert (trials["trainable_params"] <= trials["total_params"]).all()
     assert (trials["model"] == str(res.trials["model"].iloc[0])).all()
+    # The linear probe trains on the frozen encoder's features, cached once by the driver.
+    probe = trials["method"] == "linear_probe"
+    assert probe.any()
+    assert (
+        trials.loc[probe, "feature_cache"].eq(True).all()
+        and trials.loc[~probe, "feature_cache"].eq(False).all()
+    )
 
 
 def test_asha_stopped_some_trials_and_they_are_marked(finished_run):

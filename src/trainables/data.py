@@ -65,6 +65,8 @@ class Encoded:
     input_ids: list[np.ndarray]
     labels: np.ndarray
     token_type_ids: list[np.ndarray] | None = None
+    # Frozen-encoder outputs (one vector per example), when a trial trains on the cache.
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -77,6 +79,8 @@ class PreparedData:
     splits: dict[str, Encoded]
     label_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    # split -> last-layer [CLS] vectors of the frozen encoder (see trainables.features)
+    features: dict[str, np.ndarray] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -85,7 +89,10 @@ class PreparedData:
     def without(self, split: str) -> PreparedData:
         """A copy that lacks one split (the search never sees ``test``)."""
         kept = {k: v for k, v in self.splits.items() if k != split}
-        return PreparedData(splits=kept, label_names=self.label_names, meta=self.meta)
+        feats = {k: v for k, v in self.features.items() if k != split} if self.features else None
+        return PreparedData(
+            splits=kept, label_names=self.label_names, meta=self.meta, features=feats
+        )
 
 
 def package_dir(package: str) -> Path | None:

@@ -66,7 +66,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) -> dict:
-    """Pad the examples at ``idx`` to their longest sequence."""
+    """Pad the examples at ``idx`` to their longest sequence (or take their cached features)."""
+    if batch.features is not None:
+        return {
+            "features": torch.from_numpy(batch.features[idx]).to(device),
+            "labels": torch.from_numpy(batch.labels[idx]).to(device),
+        }
     seqs = [batch.input_ids[i] for i in idx]
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)

@@ -42,6 +42,13 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
+def load_config(name: str):
+    """The model's transformers config (no weights)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model(name))
+
+
 def load_classifier(name: str, num_labels: int, label_names: list[str] | None = None):
     """The pretrained encoder with a newly initialised sequence-classification head."""
     from transformers import AutoModelForSequenceClassification

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trainables.data import PreparedData
+from trainables.features import FeatureHead, uses_cache, with_cached_features
 from trainables.loop import EvalCallback, TrainConfig, train
 from trainables.methods import apply_method, get_method
 from trainables.model import count_parameters, load_classifier, set_threads
@@ -80,7 +81,12 @@ def run_trial(
     method, knobs, cfg = split_config(flat_config)
     started = time.perf_counter()
     model = build_model(model_name, data, method, knobs, cfg.seed)
-    data = fit_data(model, data)
+    cached = data.features is not None and uses_cache(method, knobs, model.config)
+    if cached:
+        # Only the top trains: run it on the frozen encoder's cached outputs.
+        model, data = FeatureHead(model), with_cached_features(data)
+    else:
+        data = fit_data(model, data)
     trainable, total = count_parameters(model)
     pad_id = data.meta.get("pad_token_id", 0)
     fixed = {
@@ -89,6 +95,7 @@ def run_trial(
         "total_params": total,
         "trainable_fraction": trainable / total,
         "planned_iterations": cfg.planned_evals,
+        "feature_cache": cached,
         "setup_s": time.perf_counter() - started,
     }
 
