@@ -95,6 +95,23 @@ def _parser() -> argparse.ArgumentParser:
         description="List every method with its knobs, defaults and allowed values.",
     )
 
+    ex = sub.add_parser(
+        "export",
+        help="write a trial's trained model where standard tools load it",
+        description="Export the best trial (--best) or one trial (--trial ID) of RUN_DIR to OUT_DIR: a "
+        "transformers model directory (full, freeze, bitfit, linear_probe), a peft adapter directory (lora, "
+        "ia3, prompt_tuning, p_tuning) or trainable.safetensors (adapter, prefix); safetensors only; with "
+        "trial_config.json, metrics.json and peftsearch.json. Any export loads with "
+        "trainables.export.load_model(OUT_DIR).",
+    )
+    ex.add_argument("run_dir", help="a run folder (<storage>/<name>)")
+    which = ex.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--best", action="store_true", help="the trial with the best validation accuracy"
+    )
+    which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
+    ex.add_argument("out_dir", help="output folder (replaced if it exists)")
+
     rep = sub.add_parser(
         "report",
         help="(re)build report.html from a run's Parquet files",
@@ -117,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "validate": cmd_validate,
             "methods": cmd_methods,
             "report": cmd_report,
+            "export": cmd_export,
         }[args.command](args)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -268,6 +286,15 @@ def cmd_methods(args) -> int:
         print(f"{m.name}: {m.help}")
         for k in m.knobs:
             print(f"    {k.name} = {k.default!r}  ({k.describe()}) {k.help}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export_trial
+
+    out = export_trial(args.run_dir, args.out_dir, None if args.best else args.trial)
+    manifest = json.loads((out / "peftsearch.json").read_text())
+    print(f"exported {manifest['method']} ({manifest['format']} format) to {out}")
     return 0
 
 

@@ -280,7 +280,10 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=paths.name,
             storage_path=paths.storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # The best checkpoint per trial (what export takes); Ray also keeps the latest (for resume).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[ProgressPrinter(metric)],
             verbose=0,  # ProgressPrinter's one line per event instead of Tune's tables

@@ -310,6 +310,7 @@ def prepare(
     meta = {
         "dataset": spec.describe(),
         "num_labels": len(table.label_names),
+        "label_names": list(table.label_names),
         "max_length": max_length,
         "seed": seed,
         # Trials pad batches with it, without loading the tokenizer again.

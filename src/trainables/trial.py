@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import tempfile
 import time
@@ -23,6 +24,7 @@ from trainables.model import count_parameters, load_classifier, set_threads
 
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_META = "meta.json"  # step and accuracy of a checkpoint, readable without loading it
 
 
 def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig]:
@@ -134,6 +136,12 @@ def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, 
     def on_eval(metrics: dict, get_state) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(get_state(), os.path.join(d, CHECKPOINT_FILE))
+            meta = {
+                k: metrics[k]
+                for k in ("step", "epoch", "val_accuracy", "val_loss", "feature_cache")
+            }
+            with open(os.path.join(d, CHECKPOINT_META), "w") as f:
+                json.dump(meta, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume)

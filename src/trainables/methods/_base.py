@@ -87,10 +87,6 @@ def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
     input), so they need the ``PeftModel`` wrapper; the loop calls it like
     any model. The whole head trains, through ``modules_to_save``.
     """
-    import warnings
-
-    from peft import get_peft_model
-
     c = model.config
     config = config_cls(
         task_type="SEQ_CLS",
@@ -101,6 +97,15 @@ def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
         num_layers=c.num_hidden_layers,
         **kwargs,
     )
+    return quiet_get_peft_model(model, config)
+
+
+def quiet_get_peft_model(model: nn.Module, config) -> nn.Module:
+    """``peft.get_peft_model`` without its FutureWarning about a transformers 5 deprecation."""
+    import warnings
+
+    from peft import get_peft_model
+
     with warnings.catch_warnings():
         # peft 0.21 calls an API transformers 5 deprecated (is_gradient_checkpointing).
         warnings.simplefilter("ignore", FutureWarning)
