@@ -110,3 +110,15 @@ def quiet_get_peft_model(model: nn.Module, config) -> nn.Module:
         # peft 0.21 calls an API transformers 5 deprecated (is_gradient_checkpointing).
         warnings.simplefilter("ignore", FutureWarning)
         return get_peft_model(model, config)
+
+
+def inject_peft(model: nn.Module, config, marker: str) -> nn.Module:
+    """Inject a peft tuner in place; only its parameters (named ``*marker*``) and the head train."""
+    from peft import inject_adapter_in_model
+
+    freeze_base(model)
+    head = {n for n, p in model.named_parameters() if p.requires_grad}
+    model = inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(marker in name or name in head)
+    return model

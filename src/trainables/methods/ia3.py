@@ -11,12 +11,12 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import arch_of, layer_regex
-from trainables.methods._base import Knob, Method, freeze_base
+from trainables.methods._base import Knob, Method, inject_peft
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject IA3 vectors."""
-    from peft import IA3Config, inject_adapter_in_model
+    from peft import IA3Config
 
     a = arch_of(model, "ia3")
     attention = [a.key, a.value]
@@ -25,12 +25,7 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         target_modules=layer_regex(model, attention + feedforward),
         feedforward_modules=layer_regex(model, feedforward) if feedforward else [],
     )
-    freeze_base(model)
-    head = {n for n, p in model.named_parameters() if p.requires_grad}
-    model = inject_adapter_in_model(config, model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("ia3_" in name or name in head)
-    return model
+    return inject_peft(model, config, "ia3_")
 
 
 METHOD = Method(

@@ -12,12 +12,12 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import arch_of, layer_regex
-from trainables.methods._base import Knob, Method, freeze_base
+from trainables.methods._base import Knob, Method, inject_peft
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject LoRA into the targeted projections."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     a = arch_of(model, "lora")
     if knobs["lora_targets"] == "query_value":
@@ -31,12 +31,7 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
         target_modules=layer_regex(model, fragments),
     )
-    freeze_base(model)
-    head = {n for n, p in model.named_parameters() if p.requires_grad}
-    model = inject_adapter_in_model(config, model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name or name in head)
-    return model
+    return inject_peft(model, config, "lora_")
 
 
 METHOD = Method(
