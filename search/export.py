@@ -35,12 +35,16 @@ def best_checkpoint(run_dir: Path, trial_id: str) -> Path:
         raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run_dir}")
 
     def score(c: Path) -> tuple[float, int]:
-        meta = (
-            json.loads((c / CHECKPOINT_META).read_text()) if (c / CHECKPOINT_META).exists() else {}
-        )
+        meta = checkpoint_meta(c)
         return (meta.get("val_accuracy", -1.0), -meta.get("step", 0))
 
     return max(found, key=score)
+
+
+def checkpoint_meta(checkpoint: Path) -> dict:
+    """Step, accuracy and feature-cache flag of a checkpoint ({} if it has none)."""
+    path = checkpoint / CHECKPOINT_META
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = None) -> Path:
@@ -62,8 +66,11 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
     flat = json.loads(row["config_json"])
     method, knobs, _ = split_config(flat)
     state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=False)
+    meta = checkpoint_meta(ckpt)
     model_name = row["model"]
-    model = rebuild(model_name, labels, method, knobs, state["trainable"])
+    model = rebuild(
+        model_name, labels, method, knobs, state["trainable"], bool(meta.get("feature_cache"))
+    )
     manifest = {"base_model": model_name, "method": method, "knobs": knobs, "label_names": labels}
     out = Path(out)
     if out.exists():
@@ -76,10 +83,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
         for k, v in row.items()
         if k not in ("config_json", "knobs_json")
     }
-    metrics["checkpoint"] = (
-        json.loads((ckpt / CHECKPOINT_META).read_text())
-        if (ckpt / CHECKPOINT_META).exists()
-        else {}
-    )
+    metrics["checkpoint"] = meta
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return out

@@ -129,3 +129,55 @@ def test_cli_exports_the_best_trial_of_a_run(tmp_path, ray_local, tiny_bert, top
         text=True,
     )
     assert bad.returncode == 2 and "no such trial" in bad.stderr
+
+
+def test_modernbert_lora_exports(tiny_models, data, tmp_path):
+    """ModernBERT's encoder is called "model": parameter names start with "model."."""
+    path = str(tiny_models["modernbert"])
+    model = build_model(path, data, "lora", {"lora_rank": 2}, seed=0)
+    train(
+        model,
+        data.splits["train"],
+        data.splits["validation"],
+        TrainConfig(learning_rate=1e-2),
+        0,
+        lambda m, s: None,
+    )
+    expected = logits(model, data)
+    rebuilt = rebuild(path, data.label_names, "lora", {"lora_rank": 2}, trainable_state(model))
+    torch.testing.assert_close(logits(rebuilt, data), expected)
+    manifest = {
+        "base_model": path,
+        "method": "lora",
+        "knobs": {"lora_rank": 2},
+        "label_names": data.label_names,
+    }
+    torch.testing.assert_close(
+        logits(load_model(export(rebuilt, tmp_path / "out", manifest, path)), data), expected
+    )
+
+
+def test_a_trial_trained_on_cached_features_rebuilds_to_the_same_model(tiny_bert, data):
+    from trainables.features import FeatureHead, add_features, with_cached_features
+
+    cached = with_cached_features(add_features(data, str(tiny_bert)))
+    knobs = {"adapter_placement": "top", "adapter_size": 4}
+    model = build_model(str(tiny_bert), data, "adapter", knobs, seed=0)
+    head = FeatureHead(model)
+    train(
+        head,
+        cached.splits["train"],
+        cached.splits["validation"],
+        TrainConfig(learning_rate=1e-2),
+        0,
+        lambda m, s: None,
+    )
+    rebuilt = rebuild(
+        str(tiny_bert),
+        data.label_names,
+        "adapter",
+        knobs,
+        trainable_state(head),
+        feature_cache=True,
+    )
+    torch.testing.assert_close(logits(rebuilt, data), logits(model, data))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.features import FeatureHead
 from trainables.methods import apply_method
 from trainables.model import load_classifier, load_tokenizer
 
@@ -30,17 +31,25 @@ PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "p_tuning")
 
 
 def rebuild(
-    model_name: str, label_names: list[str], method: str, knobs: dict[str, Any], trainable: dict
+    model_name: str,
+    label_names: list[str],
+    method: str,
+    knobs: dict[str, Any],
+    trainable: dict,
+    feature_cache: bool = False,
 ) -> nn.Module:
-    """The trained model: pretrained weights, the method applied, the trained parameters loaded."""
+    """The trained model: pretrained weights, the method applied, the trained parameters loaded.
+
+    ``feature_cache``: the trial trained a :class:`FeatureHead` around the model,
+    whose checkpoint names the same parameters through it.
+    """
     model = load_classifier(model_name, len(label_names), label_names)
     model = apply_method(model, method, knobs)
-    # A trial that trained on cached features saved its parameters under FeatureHead's "model.".
-    state = {k.removeprefix("model."): v for k, v in trainable.items()}
-    missing = set(state) - {n for n, _ in model.named_parameters()}
+    target = FeatureHead(model) if feature_cache else model
+    missing = set(trainable) - {n for n, _ in target.named_parameters()}
     if missing:
         raise ValueError(f"checkpoint parameters not in the rebuilt model: {sorted(missing)[:5]}")
-    model.load_state_dict(state, strict=False)
+    target.load_state_dict(trainable, strict=False)
     return model.eval()
 
 
