@@ -121,14 +121,14 @@ def check_fit(space: Space):
     Returns the model's config.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from search.space import SpaceError
     from trainables.methods import apply_method
-    from trainables.model import resolve_model
+    from trainables.model import load_config
 
     try:
-        config = AutoConfig.from_pretrained(resolve_model(space.model), num_labels=2)
+        config = load_config(space.model)
     except (OSError, ValueError) as e:
         raise SpaceError(
             space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]

@@ -12,6 +12,7 @@ are the same as without the cache.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -77,9 +78,7 @@ def encode_features(
     """Last-layer [CLS] vectors of the (frozen, pretrained) encoder for one split."""
     base = getattr(model, model.base_model_prefix).eval()
     device = next(base.parameters()).device
-    plain = Encoded(
-        input_ids=split.input_ids, labels=split.labels, token_type_ids=split.token_type_ids
-    )
+    plain = replace(split, features=None)  # collate pads token ids, not features
     out = np.empty((len(split), model.config.hidden_size), dtype=np.float32)
     order = np.argsort([len(s) for s in split.input_ids], kind="stable")  # little padding
     for start in range(0, len(order), batch_size):
@@ -107,10 +106,8 @@ def add_features(
 def with_cached_features(data: PreparedData) -> PreparedData:
     """The data with each split's features attached (what :class:`FeatureHead` reads)."""
     splits = {
-        k: Encoded(e.input_ids, e.labels, e.token_type_ids, data.features[k])
+        k: replace(e, features=data.features[k])
         for k, e in data.splits.items()
         if k in data.features
     }
-    return PreparedData(
-        splits=splits, label_names=data.label_names, meta=data.meta, features=data.features
-    )
+    return replace(data, splits=splits)
