@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from reports.atomic import atomic_write
 from reports.pareto import best_per_method, curve_data, knob_summary, pareto_table, scatter_data
 
 PALETTE = [
@@ -221,7 +221,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         str(trials["run_name"].iloc[0]) if "run_name" in trials and len(trials) else run_dir.name
     )
     out = Path(out) if out else run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(trials, curves, title), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    page = render(trials, curves, title)
+    return atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))

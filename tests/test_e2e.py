@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -10,6 +11,7 @@ import yaml
 from conftest import tiny_space
 
 import search
+from search.cli import main
 from search.results import CURVES_FILE, KNOB_COLUMNS, REPORT_FILE, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
@@ -125,3 +127,72 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(
     ok = t[t["method"] == "linear_probe"]
     assert (ok["status"] == "TERMINATED").all() and ok["error"].isna().all()
     assert "training loss is nan" in (res.run_dir / REPORT_FILE).read_text()
+
+
+def test_one_checkpoint_per_trial_is_kept_and_the_disk_use_reported(finished_run):
+    res, _ = finished_run
+    for trial_dir in (d for d in res.run_dir.iterdir() if d.is_dir()):
+        assert len(list(trial_dir.glob("checkpoint_*"))) == 1, trial_dir
+    record = json.loads((res.run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and record["checkpoint_mb"] > 0
+    assert res.disk["checkpoint_mb"] == record["checkpoint_mb"]
+
+
+def test_every_row_of_both_tables_carries_its_provenance(finished_run):
+    res, _ = finished_run
+    trials, curves = search.load_results(res.run_dir)
+    for df in (trials, curves):
+        for col in ("run_name", "model", "dataset", "seed", "n_train", "n_validation",
+                    "versions", "git_commit"):  # fmt: skip
+            assert col in df and df[col].notna().all(), col
+    assert json.loads(curves["versions"].iloc[0])["ray"]
+
+
+def test_results_command_prints_the_tables(finished_run, capsys):
+    res, _ = finished_run
+    assert main(["results", str(res.run_dir), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top 3 by validation accuracy" in out and "best_val_accuracy" in out
+    assert main(["results", str(res.run_dir), "--pareto"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_multi_objective_search_with_pareto_asha(ray_local, tmp_path, tiny_bert, topics_tsv):
+    space = tiny_space(tiny_bert, topics_tsv, tmp_path / "runs", search={"num_samples": 8})
+    path = tmp_path / "mo.yaml"
+    path.write_text(yaml.safe_dump(space))
+    # Keyword overrides: "__" for the dots of a key path.
+    res = search.run(
+        path,
+        search__objectives=["val_accuracy", "trainable_params"],
+        scheduler__type="pareto_asha",
+        train__epochs=2,
+    )
+    t = res.trials
+    assert len(t) == 8 and (t["status"] == "TERMINATED").all(), t[["status", "error"]]
+    # The searcher's own record: every trial that stopped early is PRUNED, never COMPLETE.
+    import pickle
+
+    (state_file,) = res.run_dir.glob("searcher-state-*.pkl")
+    study = pickle.loads(state_file.read_bytes())["_ot_study"]
+    states = [tr.state.name for tr in study.trials]
+    assert states.count("PRUNED") == int(t["stopped_early"].sum())
+    assert states.count("COMPLETE") == int((~t["stopped_early"]).sum())
+    front = {tuple(tr.values) for tr in study.best_trials}
+    done = t[~t["stopped_early"]]
+    assert front <= set(zip(done["val_accuracy_last"], done["trainable_params"]))
+
+
+def test_time_budget_ends_the_search_as_finished(ray_local, tmp_path, tiny_bert, topics_tsv):
+    space = tiny_space(
+        tiny_bert,
+        topics_tsv,
+        tmp_path / "runs",
+        search={"num_samples": 200, "time_budget_s": 6, "max_concurrent": 2},
+    )
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(space))
+    res = search.run(path)
+    assert res.complete and 0 < len(res.trials) < 200
+    record = json.loads((res.run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and record["stopped_by_time_budget"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from reports.html import render, write_report
 from reports.pareto import best_per_method, curve_data, knob_summary, pareto_front, scatter_data
@@ -93,3 +94,28 @@ def test_user_strings_are_escaped(tmp_path):
     out = write_report(tmp_path)
     assert out.name == "report.html" and evil not in out.read_text()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary(tmp_path):
+    import pandas as pd
+
+    from reports.atomic import atomic_write
+    from search.results import write_parquet_atomic
+
+    path = tmp_path / "trials.parquet"
+    good = pd.DataFrame({"a": [1, 2, 3]})
+    write_parquet_atomic(good, path)
+    bad = pd.DataFrame({"a": [1, "x", object()]})  # pyarrow cannot convert: fails mid-write
+    with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises
+        write_parquet_atomic(bad, path)
+    assert pd.read_parquet(path).equals(good)
+
+    def crash(tmp):
+        tmp.write_text("<html>half a rep")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    (tmp_path / "report.html").write_text("<html>old</html>")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "report.html", crash)
+    assert (tmp_path / "report.html").read_text() == "<html>old</html>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "trials.parquet"]

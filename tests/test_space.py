@@ -8,7 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import DefineByRun, check_fit
+from search.driver import check_fit
+from search.searcher import DefineByRun
 from search.space import SPACES_DIR, SpaceError, apply_overrides, load_space, validate
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
@@ -58,7 +59,31 @@ BROKEN = [
     ("methods.lora.lora_rank", "0", "methods.lora.lora_rank", ">= 1"),
     ("methods.lora.lora_targets", "everything", "methods.lora.lora_targets", "one of"),
     ("search.num_samples", "0", "search.num_samples", ">= 1"),
-    ("search.searcher", "grid", "search.searcher", "tpe"),
+    ("search.searcher", "bayes", "search.searcher", "tpe"),
+    ("search.searcher", "grid", "methods.full.learning_rate", "grid search takes"),
+    ("search.objectives", "[trainable_params]", "search.objectives", "validation metric"),
+    ("search.objectives", "[val_accuracy, val_loss]", "search.objectives", "trainable_params"),
+    ("search.objectives", "[]", "search.objectives", "one or two"),
+    ("search.time_budget_s", "0", "search.time_budget_s", "seconds > 0"),
+    ("search.max_failures", "-1", "search.max_failures", ">= 0"),
+    ("search.max_concurrent", "0", "search.max_concurrent", ">= 1"),
+    ("scheduler.grace_period", "0", "scheduler.grace_period", ">= 1"),
+    ("scheduler.reduction_factor", "1", "scheduler.reduction_factor", "> 1"),
+    ("resources.gpu", "1.5", "resources.gpu", "whole number"),
+    ("resources.cpu", "0", "resources.cpu", "> 0"),
+    (
+        "experiment.dataset.files",
+        "{validation: a.tsv}",
+        "experiment.dataset.files",
+        "at least train",
+    ),
+    (
+        "experiment.dataset.files",
+        "{train: /nonexistent/a.tsv}",
+        "experiment.dataset.files.train",
+        "no such file",
+    ),
+    ("experiment.dataset.text", "''", "experiment.dataset.text", "name of a column"),
     ("experiment.max_length", "0", "experiment.max_length", "> 0"),
     ("experiment.dataset.name", "imdb", "experiment.dataset.name", "built-in"),
     ("experiment.dataset.path", "/nonexistent/file.tsv", "experiment.dataset.path", "no such file"),
@@ -108,6 +133,36 @@ def test_scientific_notation_is_a_float_and_overrides_apply():
     d = space.method_space("full")["learning_rate"]
     assert (d.low, d.high) == (1e-5, 1e-3)
     assert space.max_t == 3 * 4
+
+
+def test_the_documented_schema_is_a_valid_space():
+    from search.space import SCHEMA
+
+    text = SCHEMA.split("\n\nA distribution")[0]
+    space = validate(yaml.safe_load(text), "SCHEMA")
+    assert space.objectives == ["val_accuracy"] and space.scheduler["type"] == "asha"
+
+
+def test_the_readme_shows_the_schema_as_it_is():
+    from search.space import SCHEMA
+
+    readme = (SPACES_DIR.parent / "README.md").read_text()
+    assert SCHEMA.split("\n\nA distribution")[0] in readme
+
+
+def test_grid_enumerates_every_combination_of_every_method():
+    raw = apply_overrides(
+        BASE,
+        [
+            "search.searcher=grid",
+            "methods.full.learning_rate={choice: [1e-4, 3e-4]}",
+            "train.batch_size={choice: [8, 16]}",
+        ],
+    )
+    space = validate(raw)
+    grid = space.grid()
+    assert space.num_trials == len(grid) == 2 * 2 + 2 * 2  # full: lr x bs; lora: rank x bs
+    assert {"method": "lora", "lora.lora_rank": 8, "lora.batch_size": 16} in grid
 
 
 def test_define_by_run_samples_only_the_chosen_methods_knobs():

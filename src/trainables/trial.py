@@ -113,19 +113,57 @@ def run_trial(
     return {**last, **fixed}
 
 
+def flat_config(tune_config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's config as ``run_trial`` takes it.
+
+    Tune's config names every sampled value ``<method>.<key>`` (a knob is
+    sampled only for its method); a grid search nests the point under
+    ``grid``. Both are undone here.
+    """
+    config = {
+        **tune_config.get("grid", {}),
+        **{k: v for k, v in tune_config.items() if k != "grid"},
+    }
+    method = config.get("method")
+    flat = {"method": method}
+    prefix = f"{method}."
+    flat.update({k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)})
+    return flat
+
+
+FAULT_ENV = "PEFTSEARCH_FAULT"
+
+
+def _injected_fault(method: str, iteration: int, restored: bool) -> None:
+    """Fault injection for the fault-tolerance tests; inert unless ``PEFTSEARCH_FAULT`` is set.
+
+    ``PEFTSEARCH_FAULT=KIND@ROUND:METHOD[,...]`` (KIND ``raise`` or ``kill``)
+    makes every trial of METHOD fail right after reporting evaluation round
+    ROUND - on its first attempt only, so a retry from the checkpoint can finish.
+    """
+    if restored:
+        return
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        kind, _, rest = spec.partition("@")
+        at, _, target = rest.partition(":")
+        if target != method or int(at) != iteration:
+            continue
+        if kind == "kill":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
+
+
 def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, cpus: int) -> None:
     """The Ray Tune function trainable.
 
-    Tune's config names every sampled value ``<method>.<key>`` (a knob is
-    sampled only for its method); the trial strips the prefix. Each
-    evaluation is reported with a checkpoint of the trainable parameters and
-    optimizer state, so a retried or restored trial continues from it.
+    Each evaluation is reported with a checkpoint of the trainable parameters
+    and optimizer state, so a retried or restored trial continues from it.
     """
     from ray import tune
 
-    method = config["method"]
-    flat = {"method": method}
-    flat.update({k[len(method) + 1 :]: v for k, v in config.items() if k.startswith(method + ".")})
+    flat = flat_config(config)
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -133,7 +171,11 @@ def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, 
         with checkpoint.as_directory() as d:
             resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
 
+    rounds = 0
+
     def on_eval(metrics: dict, get_state) -> None:
+        nonlocal rounds
+        rounds += 1
         with tempfile.TemporaryDirectory() as d:
             torch.save(get_state(), os.path.join(d, CHECKPOINT_FILE))
             meta = {
@@ -143,5 +185,6 @@ def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, 
             with open(os.path.join(d, CHECKPOINT_META), "w") as f:
                 json.dump(meta, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        _injected_fault(flat["method"], rounds, restored=resume is not None)
 
     run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume)

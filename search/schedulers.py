@@ -1,0 +1,122 @@
+"""Pareto-aware asynchronous successive halving (a Ray Tune ``TrialScheduler``).
+
+Plain ASHA ranks trials at each rung by accuracy alone, so cheap methods
+(prompt tuning, BitFit, small adapters, LoRA at a low rank) are cut early:
+full fine-tuning is ahead at every early rung. But a search over methods
+wants the whole accuracy / trainable-parameter front, not just the single
+best accuracy.
+
+``ParetoASHA`` keeps ASHA's rungs (``grace_period * reduction_factor**k``
+evaluation rounds) and its rule - a trial continues when its accuracy is in
+the top ``1 / reduction_factor`` of those recorded at the rung - and adds a
+second way through, in the spirit of Syne Tune's MOASHA: a trial also
+continues when no trial recorded at the rung *dominates* it, i.e. none is at
+least as accurate with at most as many trainable parameters (and better in
+one of them). So it stops what accuracy-only ASHA stops, except trials on
+the rung's Pareto front. Trials of one method compete as before (same cost,
+so accuracy decides); a cheaper method survives while it is the most
+accurate at its price.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether point ``a`` = (accuracy, cost) dominates ``b``: no worse in both, better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+class ParetoASHA(FIFOScheduler):
+    """ASHA that also keeps every trial on the rung's (accuracy, trainable parameters) front.
+
+    Args:
+        metric: the accuracy-like result key (higher is better with ``mode="max"``).
+        mode: ``"max"`` or ``"min"`` for ``metric``.
+        cost: the result key to minimise, reported with every result.
+        time_attr, max_t, grace_period, reduction_factor: as ``ASHAScheduler``.
+    """
+
+    def __init__(
+        self,
+        metric: str = "val_accuracy",
+        mode: str = "max",
+        cost: str = "trainable_params",
+        time_attr: str = "training_iteration",
+        max_t: int = 100,
+        grace_period: int = 1,
+        reduction_factor: float = 2,
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if not (0 < grace_period <= max_t) or reduction_factor <= 1:
+            raise ValueError("need 0 < grace_period <= max_t and reduction_factor > 1")
+        super().__init__()
+        self._metric, self._mode, self._cost = metric, mode, cost
+        self._sign = 1.0 if mode == "max" else -1.0
+        self._time_attr, self._max_t, self._rf = time_attr, max_t, reduction_factor
+        n_rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+        # milestone -> {trial_id: (signed metric, cost)}
+        self._rungs: dict[float, dict[str, tuple[float, float]]] = {
+            grace_period * reduction_factor**k: {} for k in range(n_rungs)
+        }
+        self.num_stopped = 0
+        self.kept_by_front = 0  # trials accuracy-only ASHA would have stopped
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        # Metric and cost are fixed at construction; Tune's (possibly list) metric is not ours.
+        return True
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        t = result[self._time_attr]
+        if t >= self._max_t:
+            return TrialScheduler.CONTINUE  # the trial ends by itself
+        point = (self._sign * result[self._metric], float(result.get(self._cost, np.inf)))
+        action = self._decide(trial.trial_id, t, point)
+        if action == TrialScheduler.STOP:
+            self.num_stopped += 1
+        return action
+
+    def _decide(self, trial_id: str, t: float, point: tuple[float, float]) -> str:
+        """Record ``point`` at the highest rung ``t`` has reached; stop or continue."""
+        reached = [m for m in self._rungs if t >= m]
+        if not reached:
+            return TrialScheduler.CONTINUE
+        recorded = self._rungs[max(reached)]
+        if trial_id in recorded:
+            return TrialScheduler.CONTINUE
+        others = list(recorded.values())
+        recorded[trial_id] = point
+        if not others:
+            return TrialScheduler.CONTINUE
+        cutoff = np.nanpercentile([p[0] for p in others], (1 - 1 / self._rf) * 100)
+        if point[0] >= cutoff:
+            return TrialScheduler.CONTINUE
+        if not any(dominates(o, point) for o in others):
+            self.kept_by_front += 1
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.STOP
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        pass  # rungs are recorded as results arrive
+
+    def debug_string(self) -> str:
+        sizes = ", ".join(f"{m:g}: {len(r)}" for m, r in self._rungs.items())
+        return (
+            f"ParetoASHA: stopped {self.num_stopped}, kept by the front {self.kept_by_front}; "
+            f"trials per rung {{{sizes}}}"
+        )
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

@@ -1,0 +1,143 @@
+"""Pareto-aware ASHA and the Optuna trap, with a real Ray Tune and a real Optuna study.
+
+The trainable here is a plain function whose accuracy curve and parameter
+count are fixed by its config, so which trial a scheduler stops is known in
+advance; everything around it (Tune, schedulers, searcher) is the real thing.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from search.schedulers import ParetoASHA, dominates
+from search.searcher import PeftOptunaSearch
+
+# Full fine-tuning is ahead at every rung; the cheap method learns slower but costs 1000x less.
+CURVES = {
+    "full": ([0.80, 0.88, 0.92, 0.94], 1_000_000),
+    "cheap": ([0.50, 0.70, 0.85, 0.90], 1_000),
+    "bad_full": ([0.40, 0.45, 0.50, 0.55], 1_000_000),
+}
+
+
+def fake_trial(config):
+    accs, params = CURVES[config["method"]]
+    for acc in accs:
+        tune.report(
+            {
+                "val_accuracy": acc,
+                "trainable_params": params,
+                "planned_iterations": len(accs),
+                "method": config["method"],
+            }
+        )
+
+
+def run_order(scheduler, order: list[str]) -> dict[str, int]:
+    """Run one trial per method, one at a time in ``order``; rounds each trial ran."""
+    import sys
+
+    from ray import cloudpickle
+
+    # Ray's workers cannot import a test module: ship this one's functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    tuner = tune.Tuner(
+        fake_trial,
+        param_space={"method": tune.grid_search(order)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(verbose=0),
+    )
+    grid = tuner.fit()
+    return {r.config["method"]: r.metrics["training_iteration"] for r in grid}
+
+
+def asha_args():
+    return {"max_t": 4, "grace_period": 1, "reduction_factor": 2}
+
+
+@pytest.mark.slow
+def test_pareto_asha_keeps_the_cheap_trial_accuracy_only_asha_stops(ray_local, tmp_path):
+    order = ["full", "cheap", "bad_full"]
+    plain = run_order(ASHAScheduler(metric="val_accuracy", mode="max", **asha_args()), order)
+    pareto = run_order(ParetoASHA(metric="val_accuracy", mode="max", **asha_args()), order)
+    # Accuracy-only ASHA cuts the cheap method at the first rung: 0.50 < 0.80.
+    assert plain == {"full": 4, "cheap": 1, "bad_full": 1}
+    # Pareto-aware: nothing has fewer parameters and more accuracy, so it runs to the end;
+    # bad_full is dominated by full (same cost, less accurate) and is still stopped.
+    assert pareto == {"full": 4, "cheap": 4, "bad_full": 1}
+
+
+def test_pareto_asha_stops_what_asha_stops_unless_on_the_front():
+    s = ParetoASHA(max_t=8, grace_period=1, reduction_factor=2)
+    assert s._decide("a", 1, (0.9, 100)) == "CONTINUE"  # first at the rung
+    assert s._decide("b", 1, (0.8, 100)) == "STOP"  # same cost, less accurate
+    assert s._decide("c", 1, (0.5, 10)) == "CONTINUE"  # cheaper: on the front
+    assert s._decide("d", 1, (0.4, 10)) == "STOP"  # dominated by c
+    assert s._decide("e", 1, (0.95, 1000)) == "CONTINUE"  # most accurate: ASHA's rule
+    assert s._decide("a", 2, (0.91, 100)) == "CONTINUE"  # next rung
+    assert s.kept_by_front == 1 and s.num_stopped == 0  # num_stopped counts on_trial_result
+    assert dominates((0.9, 10), (0.9, 20)) and not dominates((0.9, 10), (0.9, 10))
+
+
+def _x(trial) -> None:
+    trial.suggest_float("x", 0, 1)
+
+
+def _searcher(objectives: list[str]) -> PeftOptunaSearch:
+    modes = {"val_accuracy": "max", "trainable_params": "min"}
+    if len(objectives) == 1:
+        metric, mode = objectives[0], modes[objectives[0]]
+    else:
+        metric, mode = objectives, [modes[o] for o in objectives]
+    return PeftOptunaSearch(
+        space=_x, metric=metric, mode=mode, sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+
+
+def _result(acc: float, params: int, rounds: int, planned: int = 4) -> dict:
+    return {
+        "val_accuracy": acc,
+        "trainable_params": params,
+        "training_iteration": rounds,
+        "planned_iterations": planned,
+    }
+
+
+def test_trials_stopped_early_are_pruned_not_on_optunas_pareto_front():
+    s = _searcher(["val_accuracy", "trainable_params"])
+    for tid in "abcd":
+        s.suggest(tid)
+    s.on_trial_complete("a", _result(0.90, 1_000_000, 4))  # finished
+    s.on_trial_complete("b", _result(0.85, 10_000, 4))  # finished, cheaper
+    # Stopped after one round: 0.3 accuracy with 100 parameters would be Pareto-optimal.
+    s.on_trial_complete("c", _result(0.30, 100, 1))
+    s.on_trial_complete("d", None, error=True)
+    states = [t.state for t in s._ot_study.trials]
+    S = optuna.trial.TrialState
+    assert states == [S.COMPLETE, S.COMPLETE, S.PRUNED, S.FAIL]
+    front = {tuple(t.values) for t in s._ot_study.best_trials}
+    assert front == {(0.90, 1_000_000), (0.85, 10_000)}
+
+    # Plain OptunaSearch (the trap): the stopped trial lands on the front.
+    from ray.tune.search.optuna import OptunaSearch
+
+    plain = OptunaSearch(
+        space=_x,
+        metric=["val_accuracy", "trainable_params"],
+        mode=["max", "min"],
+    )
+    plain.suggest("c")
+    plain.on_trial_complete("c", _result(0.30, 100, 1))
+    assert (0.30, 100) in {tuple(t.values) for t in plain._ot_study.best_trials}
+
+
+def test_single_objective_pruned_trial_keeps_its_intermediate_values():
+    s = _searcher(["val_accuracy"])
+    s.suggest("a")
+    s.on_trial_result("a", _result(0.5, 10, 1))
+    s.on_trial_complete("a", _result(0.5, 10, 1))
+    (t,) = s._ot_study.trials
+    assert t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values == {1: 0.5}
