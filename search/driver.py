@@ -388,17 +388,23 @@ def prune_checkpoints(run_dir: Path) -> dict[str, float]:
     """Keep only each trial's best checkpoint once a run is over; return the disk use.
 
     Ray keeps the best checkpoint and the latest (to resume from); a finished
-    run needs only the best (what ``peftsearch export`` takes).
+    run needs only the best (what ``peftsearch export`` takes), and only its
+    trained parameters: the optimizer state (twice the parameters, for AdamW)
+    is dropped.
     """
     import shutil
 
+    import torch
+
+    from reports.atomic import atomic_write
     from search.export import checkpoint_meta
+    from trainables.trial import CHECKPOINT_FILE
 
     removed = 0
     for trial_dir in (d for d in run_dir.iterdir() if d.is_dir()):
         ckpts = sorted(trial_dir.glob("checkpoint_*"))
         if len(ckpts) < 2:
-            continue
+            continue  # (the state files are slimmed below)
         best = max(
             ckpts,
             key=lambda c: (checkpoint_meta(c).get("val_accuracy", -1.0), -int(c.name[11:] or 0)),
@@ -407,6 +413,11 @@ def prune_checkpoints(run_dir: Path) -> dict[str, float]:
             if c != best:
                 shutil.rmtree(c, ignore_errors=True)
                 removed += 1
+    for state_file in run_dir.glob(f"*/checkpoint_*/{CHECKPOINT_FILE}"):
+        state = torch.load(state_file, weights_only=False)
+        if "optimizer" in state:
+            slim = {k: state[k] for k in ("trainable", "step", "best", "config") if k in state}
+            atomic_write(state_file, lambda tmp, slim=slim: torch.save(slim, tmp))
     size = sum(f.stat().st_size for f in run_dir.glob("*/checkpoint_*/**/*") if f.is_file())
     return {"checkpoint_mb": round(size / 2**20, 2), "checkpoints_removed": removed}
 
