@@ -13,7 +13,18 @@ from pathlib import Path
 import pandas as pd
 
 from reports.atomic import atomic_write
-from reports.pareto import best_per_method, curve_data, knob_summary, pareto_table, scatter_data
+from reports.pareto import (
+    best_per_method,
+    compute_data,
+    confirm_summary,
+    curve_data,
+    knob_effects,
+    knob_summary,
+    pareto_table,
+    run_metadata,
+    scatter_data,
+)
+from reports.svg import pareto_svg
 
 PALETTE = [
     "#1f77b4",
@@ -34,12 +45,17 @@ def _colors(methods) -> dict[str, str]:
 
 
 def pareto_figure(trials: pd.DataFrame):
-    """Trainable parameters (log x) vs best validation accuracy, frontier drawn."""
+    """Trainable parameters (log x) vs best validation accuracy, frontier drawn.
+
+    Two buttons switch x between the parameter count and the trainable
+    fraction (%); hover shows each trial's knobs and metrics.
+    """
     import plotly.graph_objects as go
 
     data = scatter_data(trials)
     colors = _colors(data["methods"])
     fig = go.Figure()
+    xs_params, xs_pct = [], []
     for method, pts in data["methods"].items():
         text = [
             f"{method} ({tid})<br>{knobs}<br>trainable {int(x):,} ({100 * f:.3f}%)<br>val acc {y:.4f}"
@@ -65,6 +81,8 @@ def pareto_figure(trials: pd.DataFrame):
                 },
             )
         )
+        xs_params.append(pts["x"])
+        xs_pct.append([100 * f for f in pts["fraction"]])
     front = data["frontier"]
     fig.add_trace(
         go.Scatter(
@@ -72,46 +90,157 @@ def pareto_figure(trials: pd.DataFrame):
             line={"color": "#444", "dash": "dash", "shape": "hv"}, hoverinfo="skip",
         )
     )  # fmt: skip
+    xs_params.append(front["x"])
+    xs_pct.append([100 * f for f in front["fraction"]])
     fig.update_layout(
         title="Trainable parameters vs validation accuracy (hollow: stopped early)",
         xaxis={"title": "trainable parameters", "type": "log"},
         yaxis={"title": "best validation accuracy"},
         template="plotly_white",
         height=520,
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "right",
+                "x": 0,
+                "y": 1.12,
+                "xanchor": "left",
+                "buttons": [
+                    {
+                        "label": "trainable parameters",
+                        "method": "update",
+                        "args": [{"x": xs_params}, {"xaxis.title.text": "trainable parameters"}],
+                    },
+                    {
+                        "label": "trainable %",
+                        "method": "update",
+                        "args": [{"x": xs_pct}, {"xaxis.title.text": "trainable parameters (%)"}],
+                    },
+                ],
+            }
+        ],
     )
     return fig
 
 
 def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame):
-    """Validation accuracy by epoch, one line per trial, coloured by method."""
+    """Validation accuracy and loss by epoch, one line per trial, grouped by method.
+
+    A trial that early stopping cut is dotted and ends in an x where it was cut.
+    """
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     lines = curve_data(curves, trials)
     colors = _colors({c["method"] for c in lines})
-    fig = go.Figure()
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "validation loss"))
     shown: set[str] = set()
-    for c in lines:
+    for c in sorted(lines, key=lambda c: c["method"]):
+        for col, key in ((1, "val_accuracy"), (2, "val_loss")):
+            symbols = ["circle"] * len(c["epoch"])
+            if c["stopped"] and symbols:
+                symbols[-1] = "x"
+            fig.add_trace(
+                go.Scatter(
+                    x=c["epoch"],
+                    y=c[key],
+                    mode="lines+markers",
+                    name=c["method"],
+                    legendgroup=c["method"],
+                    showlegend=col == 1 and c["method"] not in shown,
+                    line={
+                        "color": colors[c["method"]],
+                        "dash": "dot" if c["stopped"] else "solid",
+                    },
+                    marker={"symbol": symbols, "size": [6] * (len(symbols) - 1) + [10]},
+                    text=f"{c['method']} ({c['trial_id']})"
+                    + (" - stopped early here" if c["stopped"] else ""),
+                    hoverinfo="text+x+y",
+                ),
+                row=1,
+                col=col,
+            )
+        shown.add(c["method"])
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(
+        title="Learning curves (click a method in the legend to show or hide it; "
+        "dotted, ending in x: stopped early)",
+        template="plotly_white",
+        height=440,
+    )
+    return fig
+
+
+def compute_figure(trials: pd.DataFrame):
+    """Trial time per method: finished trials and trials stopped early, stacked."""
+    import plotly.graph_objects as go
+
+    data = compute_data(trials)
+    methods = list(data["per_method"])
+    fig = go.Figure()
+    for key, name, color in (
+        ("finished_s", "ran to the end", "#4c78a8"),
+        ("stopped_s", "stopped early", "#f58518"),
+    ):
         fig.add_trace(
-            go.Scatter(
-                x=c["epoch"],
-                y=c["val_accuracy"],
-                mode="lines+markers",
-                name=c["method"],
-                legendgroup=c["method"],
-                showlegend=c["method"] not in shown,
-                line={"color": colors[c["method"]], "dash": "dot" if c["stopped"] else "solid"},
-                text=f"{c['method']} ({c['trial_id']})"
-                + (" - stopped early" if c["stopped"] else ""),
-                hoverinfo="text+x+y",
+            go.Bar(
+                y=methods,
+                x=[data["per_method"][m][key] for m in methods],
+                name=name,
+                orientation="h",
+                marker={"color": color},
             )
         )
-        shown.add(c["method"])
     fig.update_layout(
-        title="Learning curves (dotted: stopped early)",
-        xaxis={"title": "epoch"},
-        yaxis={"title": "validation accuracy"},
+        barmode="stack",
+        title=f"Trial time by method: {data['trial_time_s']:.0f} s in all; early stopping saved "
+        f"about {data['saved_s']:.0f} s ({100 * data['saved_fraction']:.0f}% of running every "
+        "trial to the end)",
+        xaxis={"title": "seconds of trial time"},
         template="plotly_white",
-        height=420,
+        height=120 + 40 * max(1, len(methods)),
+    )
+    return fig
+
+
+LOG_KNOBS = {"learning_rate", "weight_decay", "adapter_size", "lora_rank", "prefix_length",
+             "prompt_length", "prefix_hidden", "prompt_encoder_size"}  # fmt: skip
+
+
+def knobs_figure(trials: pd.DataFrame, knobs: list[str]):
+    """Best validation accuracy against each knob that varies, one panel per knob."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    effects = knob_effects(trials, knobs)
+    if not effects:
+        return None
+    names = list(effects)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names)
+    colors = _colors({m for per in effects.values() for m in per})
+    shown: set[str] = set()
+    for i, knob in enumerate(names):
+        r, c = i // cols + 1, i % cols + 1
+        for method, pts in effects[knob].items():
+            fig.add_trace(
+                go.Scatter(
+                    x=pts["x"], y=pts["y"], mode="markers", name=method, legendgroup=method,
+                    showlegend=method not in shown, marker={"color": colors[method], "size": 8},
+                    text=pts["trial_id"], hoverinfo="text+x+y",
+                ),
+                row=r, col=c,
+            )  # fmt: skip
+            shown.add(method)
+        numeric = all(isinstance(v, (int, float)) for p in effects[knob].values() for v in p["x"])
+        if knob in LOG_KNOBS and numeric:
+            fig.update_xaxes(type="log", row=r, col=c)
+    fig.update_yaxes(title_text="val accuracy", col=1)
+    fig.update_layout(
+        title="Knob effects: best validation accuracy against each searched knob",
+        template="plotly_white",
+        height=300 * rows + 80,
     )
     return fig
 
@@ -165,23 +294,83 @@ def _summary(trials: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def render(trials: pd.DataFrame, curves: pd.DataFrame, title: str) -> str:
+def _confirm_table(confirmed: pd.DataFrame | None) -> str:
+    if confirmed is None or confirmed.empty:
+        return (
+            "<p><em>Not confirmed yet: <code>peftsearch confirm RUN_DIR --seeds 3</code> retrains "
+            "the Pareto-optimal configurations with 3 seeds and evaluates each once on the test "
+            "split.</em></p>"
+        )
+    s = confirm_summary(confirmed)
+    table = pd.DataFrame(
+        {
+            "trial_id": s["trial_id"],
+            "method": s["method"],
+            "trainable_params": s["trainable_params"].astype("int64"),
+            "val_accuracy (search)": s["val_accuracy_search"].round(4),
+            "val_accuracy (retrained, mean)": s["val_accuracy_retrained"].round(4),
+            "test_accuracy": [
+                f"{m:.4f} ± {sd:.4f}"
+                for m, sd in zip(s["test_accuracy_mean"], s["test_accuracy_std"])
+            ],
+            "seeds": s["seeds"],
+            "knobs": s["knobs_json"].map(knob_summary),
+        }
+    )
+    failed = confirmed[confirmed["status"] != "ok"]
+    note = f"<p>{len(failed)} run(s) failed; see confirm.parquet.</p>" if len(failed) else ""
+    n_test = confirmed["n_test"].iloc[0] if "n_test" in confirmed else "?"
+    return (
+        f"<p>Each configuration retrained with the seeds shown and evaluated once on the test split "
+        f"({html.escape(str(n_test))} examples), at its best validation round.</p>"
+        + table_html(table)
+        + note
+    )
+
+
+def _searched_knobs(trials: pd.DataFrame) -> list[str]:
+    """The knobs any trial sampled (from ``knobs_json``), learning rate first."""
+    names: set[str] = set()
+    for text in trials.get("knobs_json", pd.Series(dtype=str)).dropna():
+        names |= set(json.loads(text))
+    return sorted(names, key=lambda k: (k != "learning_rate", k))
+
+
+# Collects any JavaScript error, and marks the page rendered once every figure is drawn:
+# the headless-browser test reads both from the DOM.
+WATCH = """<script>
+window.peftsearchErrors = [];
+window.addEventListener("error", function (e) { window.peftsearchErrors.push(String(e.message)); });
+</script>"""
+DONE = """<script>
+document.getElementById("js-status").textContent = JSON.stringify({
+  errors: window.peftsearchErrors,
+  figures: document.querySelectorAll(".js-plotly-plot").length
+});
+</script>"""
+
+
+def render(
+    trials: pd.DataFrame, curves: pd.DataFrame, title: str, confirmed: pd.DataFrame | None = None
+) -> str:
     """The report page as a string."""
     from plotly.offline import get_plotlyjs
 
-    meta_cols = [
-        c
-        for c in ("model", "dataset", "n_train", "n_validation", "max_length", "seed", "git_commit")
-        if c in trials
-    ]
-    meta = trials[meta_cols].iloc[:1] if len(trials) else pd.DataFrame()
+    meta = run_metadata(trials)
+    meta_table = pd.DataFrame({"": list(meta), "value": [str(v) for v in meta.values()]})
     errors = trials.loc[trials["status"] == "ERROR", ["trial_id", "method", "error"]]
-    figs = [pareto_figure(trials), curves_figure(curves, trials)]
-    divs = [
-        f.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{i}")
-        for i, f in enumerate(figs)
-    ]
-    versions = trials["versions"].iloc[0] if "versions" in trials and len(trials) else "{}"
+    figs = {
+        "pareto": pareto_figure(trials),
+        "curves": curves_figure(curves, trials),
+        "compute": compute_figure(trials),
+        "knobs": knobs_figure(trials, _searched_knobs(trials)),
+    }
+    divs = {
+        k: f.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{k}")
+        if f is not None
+        else "<p><em>no knob varied</em></p>"
+        for k, f in figs.items()
+    }
     t = html.escape(title)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>peftsearch: {t}</title>
@@ -191,35 +380,50 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 th {{ background: #f3f3f3; }}
 code {{ font-size: 0.85em; }}
+#js-status {{ display: none; }}
 </style>
+{WATCH}
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <h1>peftsearch: {t}</h1>
-{table_html(meta)}
 {table_html(_summary(trials))}
 <h2>Pareto front: trainable parameters vs accuracy</h2>
-{divs[0]}
+{divs["pareto"]}
+<p>Static copy: <code>pareto.svg</code> beside this file.</p>
 <h3>Pareto-optimal trials</h3>
 {table_html(pareto_table(trials))}
 <h3>Best trial per method</h3>
 {table_html(_best_table(trials))}
+<h2>Confirmed on the test split</h2>
+{_confirm_table(confirmed)}
 <h2>Learning curves</h2>
-{divs[1]}
+{divs["curves"]}
+<h2>Compute</h2>
+{divs["compute"]}
+<h2>Knob effects</h2>
+{divs["knobs"]}
 <h2>Failed trials</h2>
 {table_html(errors)}
-<p>Versions: <code>{html.escape(str(json.loads(versions)))}</code></p>
+<h2>Run</h2>
+{table_html(meta_table)}
+<pre id="js-status"></pre>
+{DONE}
 </body></html>
 """
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Build ``report.html`` from ``trials.parquet`` and ``curves.parquet`` (atomically)."""
+    """Build ``report.html`` (and ``pareto.svg`` beside it) from the run's Parquet files, atomically."""
     run_dir = Path(run_dir)
     trials = pd.read_parquet(run_dir / "trials.parquet")
     curves = pd.read_parquet(run_dir / "curves.parquet")
     title = (
         str(trials["run_name"].iloc[0]) if "run_name" in trials and len(trials) else run_dir.name
     )
+    confirm_file = run_dir / "confirm.parquet"
+    confirmed = pd.read_parquet(confirm_file) if confirm_file.exists() else None
     out = Path(out) if out else run_dir / "report.html"
-    page = render(trials, curves, title)
+    page = render(trials, curves, title, confirmed)
+    svg = pareto_svg(scatter_data(trials), _colors(trials["method"].dropna().unique()), title)
+    atomic_write(out.with_name("pareto.svg"), lambda tmp: tmp.write_text(svg, encoding="utf-8"))
     return atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 # Keys of a trial's config that are not knobs worth showing.
-_HIDDEN = {"method", "eval_batch_size"}
+_HIDDEN = {"method", "eval_batch_size", "seed"}
 
 
 def pareto_front(
@@ -101,6 +101,8 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
         "frontier": {
             "x": front["trainable_params"].astype(float).tolist(),
             "y": front["val_accuracy"].astype(float).tolist(),
+            "fraction": front["trainable_fraction"].astype(float).tolist(),
+            "trial_id": front["trial_id"].tolist(),
         },
     }
 
@@ -123,3 +125,89 @@ def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any
             }
         )
     return out
+
+
+def confirm_summary(confirmed: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy mean ± std per confirmed configuration, beside its validation numbers."""
+    ok = confirmed[confirmed["status"] == "ok"] if len(confirmed) else confirmed
+    if ok.empty:
+        return pd.DataFrame()
+    g = ok.groupby(["trial_id", "method"], sort=False)
+    out = g.agg(
+        seeds=("seed", "count"),
+        test_accuracy_mean=("test_accuracy", "mean"),
+        test_accuracy_std=("test_accuracy", "std"),
+        val_accuracy_search=("val_accuracy_search", "first"),
+        val_accuracy_retrained=("best_val_accuracy", "mean"),
+        trainable_params=("trainable_params", "first"),
+        knobs_json=("knobs_json", "first"),
+    ).reset_index()
+    out["test_accuracy_std"] = out["test_accuracy_std"].fillna(0.0)
+    return out.sort_values("trainable_params").reset_index(drop=True)
+
+
+def compute_data(trials: pd.DataFrame) -> dict[str, Any]:
+    """Trial time per method, and what early stopping saved.
+
+    A trial stopped after ``iterations`` of ``planned_iterations`` rounds
+    would have taken about ``wall_time_s * planned / iterations`` to finish;
+    the difference is the time early stopping saved.
+    """
+    t = trials.dropna(subset=["wall_time_s"])
+    per_method = {}
+    for method, g in t.groupby("method", sort=True):
+        stopped = g[g["stopped_early"]]
+        per_method[method] = {
+            "finished_s": float(g.loc[~g["stopped_early"], "wall_time_s"].sum()),
+            "stopped_s": float(stopped["wall_time_s"].sum()),
+            "trials": len(g),
+            "stopped": len(stopped),
+        }
+    stopped = t[t["stopped_early"] & (t["iterations"] > 0)]
+    full = (stopped["wall_time_s"] * stopped["planned_iterations"] / stopped["iterations"]).sum()
+    used = float(t["wall_time_s"].sum())
+    saved = float(full - stopped["wall_time_s"].sum())
+    return {
+        "per_method": per_method,
+        "trial_time_s": used,
+        "saved_s": saved,
+        # The share of the compute that running every trial to the end would have needed.
+        "saved_fraction": saved / (used + saved) if used + saved > 0 else 0.0,
+    }
+
+
+def knob_effects(trials: pd.DataFrame, knobs: list[str]) -> dict[str, dict[str, dict]]:
+    """For each knob that varies: per method, (value, best validation accuracy) points."""
+    out: dict[str, dict[str, dict]] = {}
+    data = healthy(trials).dropna(subset=["val_accuracy"])
+    for knob in knobs:
+        if knob not in data or data[knob].dropna().nunique() < 2:
+            continue
+        per = {}
+        for method, g in data.dropna(subset=[knob]).groupby("method", sort=True):
+            per[method] = {
+                "x": g[knob].tolist(),
+                "y": g["val_accuracy"].astype(float).tolist(),
+                "trial_id": g["trial_id"].tolist(),
+            }
+        out[knob] = per
+    return out
+
+
+def run_metadata(trials: pd.DataFrame) -> dict[str, Any]:
+    """Model, data, split sizes, seed, versions, resources, nodes and wall time of a run."""
+    if trials.empty:
+        return {}
+    first = trials.iloc[0]
+    keys = ("run_name", "model", "dataset", "label_names", "n_train", "n_validation", "n_test",
+            "max_length", "seed", "resources", "run_wall_time_s", "git_commit")  # fmt: skip
+    meta = {k: first[k] for k in keys if k in trials and pd.notna(first[k])}
+    if "node" in trials:
+        meta["nodes"] = int(trials["node"].dropna().nunique())
+    meta["trials"] = len(trials)
+    meta["trial_time_s"] = round(float(trials["wall_time_s"].fillna(0).sum()), 1)
+    if "versions" in trials:
+        meta["versions"] = ", ".join(
+            f"{k} {v}" for k, v in json.loads(first["versions"]).items() if v
+        )
+    return meta

@@ -116,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
     ex.add_argument("out_dir", help="output folder (replaced if it exists)")
 
+    con = sub.add_parser(
+        "confirm",
+        help="retrain the chosen trials over seeds and evaluate once on the test split",
+        description="Retrain RUN_DIR's Pareto-optimal configurations (or the top K by validation "
+        "accuracy) with several seeds, in parallel through Ray, and evaluate each run once on the "
+        "test split, which the search never read. Writes RUN_DIR/confirm.parquet and adds test "
+        "accuracy mean ± std to the report.",
+    )
+    con.add_argument("run_dir", help="a run folder (<storage>/<name>)")
+    con.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    con.add_argument("--top", type=int, metavar="K", help="the top K trials instead of the front")
+    con.add_argument("--address", help="a running Ray cluster (default: a local Ray)")
+
     res = sub.add_parser(
         "results",
         help="print a run's trials as tables",
@@ -158,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "methods": cmd_methods,
             "report": cmd_report,
             "results": cmd_results,
+            "confirm": cmd_confirm,
             "export": cmd_export,
         }[args.command](args)
     except SpaceError as e:
@@ -327,6 +341,25 @@ def cmd_export(args) -> int:
     manifest = json.loads((out / "peftsearch.json").read_text())
     print(f"exported {manifest['method']} ({manifest['format']} format) to {out}")
     return 0
+
+
+def cmd_confirm(args) -> int:
+    import pandas as pd
+
+    from reports.pareto import confirm_summary
+    from search.confirm import confirm
+
+    df = confirm(args.run_dir, seeds=args.seeds, top=args.top, address=args.address)
+    s = confirm_summary(df)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print("\ntest accuracy over seeds (mean ± std) beside the search's validation accuracy:")
+        print(
+            s.drop(columns=["knobs_json"]).round(4).to_string(index=False)
+            if not s.empty
+            else "no run succeeded"
+        )
+    print(f"\nresults: {Path(args.run_dir) / 'confirm.parquet'}")
+    return 0 if (df["status"] == "ok").all() else 1
 
 
 def cmd_results(args) -> int:

@@ -498,7 +498,10 @@ def run(
     except KeyboardInterrupt:
         interrupted = True
     # Whatever happened, write what finished: results come from Tune's folder.
-    res = results_mod.collect(paths.run_dir, space=space, data=data, live_trials=live)
+    wall = time.time() - started + (previous.get("wall_time_s") or 0.0) * resuming
+    res = results_mod.collect(
+        paths.run_dir, space=space, data=data, live_trials=live, wall_time_s=wall
+    )
     # Tune ends fit() quietly on Ctrl-C; unfinished trials mean the run can resume.
     done = int(res.trials["status"].isin(["TERMINATED", "ERROR"]).sum())
     budget = space.search["time_budget_s"]
@@ -514,8 +517,7 @@ def run(
             **record,
             "status": "finished" if complete else "interrupted",
             "stopped_by_time_budget": bool(out_of_time and done < space.num_trials),
-            "wall_time_s": round(time.time() - started, 1)
-            + previous.get("wall_time_s", 0.0) * resuming,
+            "wall_time_s": round(wall, 1),
             **disk,
         },
     )

@@ -133,6 +133,7 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
             ),
             "wall_time_s": last.get("time_total_s"),
             "feature_cache": last.get("feature_cache"),
+            "data_splits": last.get("data_splits"),  # what the trial was given: never test
             "error": _error_text(trial),
             "num_failures": int(getattr(trial, "num_failures", 0) or 0),
             "node": last.get("hostname"),
@@ -167,13 +168,19 @@ def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
 
 
 def collect(
-    run_dir: Path, space=None, data=None, write: bool = True, live_trials=None
+    run_dir: Path,
+    space=None,
+    data=None,
+    write: bool = True,
+    live_trials=None,
+    wall_time_s: float | None = None,
 ) -> RunResults:
     """Build both tables from a run folder, write them and the report."""
     trials, curves = trial_rows(run_dir, space, live_trials)
     trials_df = pd.DataFrame(trials, columns=_trial_columns())
     curves_df = pd.DataFrame(curves, columns=["trial_id", "method", "iteration", *CURVE_COLUMNS])
     meta = _run_meta(run_dir, space, data)
+    meta["run_wall_time_s"] = None if wall_time_s is None else round(wall_time_s, 1)
     # Provenance on every row of both tables: each reads on its own (pandas, DuckDB).
     for key, value in meta.items():
         trials_df[key] = value
@@ -193,7 +200,7 @@ def _trial_columns() -> list[str]:
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "feature_cache", "error", "num_failures", "node", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "feature_cache", "data_splits", "error", "num_failures", "node", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 
@@ -202,9 +209,11 @@ def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
     meta: dict[str, Any] = {"run_name": run_dir.name}
     if space is not None:
         meta.update(model=space.model, dataset=space.dataset.describe(), seed=space.seed)
+        meta["resources"] = json.dumps(space.resources)
     if data is not None:
         meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})
         meta["max_length"] = data.meta.get("max_length")
+        meta["label_names"] = json.dumps(data.meta.get("label_names"))
     meta["versions"] = json.dumps(versions())
     meta["git_commit"] = git_commit()
     return meta

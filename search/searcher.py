@@ -23,10 +23,12 @@ class DefineByRun:
 
     def __init__(self, space: Space) -> None:
         self.methods = {m: space.method_space(m) for m in space.methods}
+        self.seed = space.seed
 
     def __call__(self, trial) -> dict[str, Any]:
         method = trial.suggest_categorical("method", list(self.methods))
-        constants: dict[str, Any] = {}
+        # The experiment's seed: head initialisation and data order (confirm varies it).
+        constants: dict[str, Any] = {f"{method}.seed": self.seed}
         for key, dist in self.methods[method].items():
             name = f"{method}.{key}"
             if dist.kind == "fixed":

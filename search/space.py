@@ -307,9 +307,8 @@ class Space:
             keys = list(space)
             values = [list(space[k].extremes()) for k in keys]
             for combo in itertools.product(*values):
-                points.append(
-                    {"method": method, **{f"{method}.{k}": v for k, v in zip(keys, combo)}}
-                )
+                point = {f"{method}.{k}": v for k, v in zip(keys, combo)}
+                points.append({"method": method, f"{method}.seed": self.seed, **point})
         return points
 
     @property

@@ -201,3 +201,89 @@ def test_time_budget_ends_the_search_as_finished(ray_local, tmp_path, tiny_bert,
     assert res.complete and 0 < len(res.trials) < 200
     record = json.loads((res.run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["stopped_by_time_budget"] is True
+
+
+def test_report_figure_data_from_a_real_run(finished_run):
+    """The figures' data, checked apart from the drawing."""
+    from reports.pareto import compute_data, curve_data, healthy, pareto_front, scatter_data
+
+    res, _ = finished_run
+    trials, curves = search.load_results(res.run_dir)
+    data = scatter_data(trials)
+    assert sum(len(p["x"]) for p in data["methods"].values()) == len(trials)
+    for method, pts in data["methods"].items():
+        mine = trials[trials["method"] == method]
+        assert sorted(pts["trial_id"]) == sorted(mine["trial_id"])
+        assert sum(pts["stopped"]) == int(mine["stopped_early"].sum())
+    front = pareto_front(healthy(trials))
+    assert data["frontier"]["trial_id"] == front["trial_id"].tolist()
+    assert data["frontier"]["x"] == sorted(data["frontier"]["x"])  # cheaper first ...
+    assert data["frontier"]["y"] == sorted(data["frontier"]["y"])  # ... and less accurate
+    lines = curve_data(curves, trials)
+    assert {c["trial_id"] for c in lines} == set(trials["trial_id"])
+    for c in lines:
+        row = trials.set_index("trial_id").loc[c["trial_id"]]
+        assert len(c["epoch"]) == row["iterations"] and c["stopped"] == row["stopped_early"]
+    compute = compute_data(trials)
+    assert compute["trial_time_s"] == pytest.approx(trials["wall_time_s"].sum())
+    assert compute["saved_s"] > 0  # ASHA stopped some trials
+    assert (res.run_dir / "pareto.svg").read_text().startswith("<svg")
+
+
+def chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium_without_js_errors(finished_run, tmp_path):
+    import os
+    import subprocess
+
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("PEFTSEARCH_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    res, _ = finished_run
+    page = res.run_dir / "report.html"
+    flags = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-default-apps", "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="js-status">([^<]*)</pre>', dom.stdout)
+    assert found, "the page's last script never ran"
+    status = json.loads(found.group(1))
+    assert status["errors"] == []
+    assert status["figures"] == 4  # Pareto front, curves, compute, knob effects: all drawn
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 50_000  # a drawn page, not a blank one
+
+
+def test_confirm_retrains_on_seeds_and_reads_test_once(finished_run, ray_local):
+    from search.confirm import confirm
+
+    res, _ = finished_run
+    # The search itself was never given the test split.
+    assert (res.trials["data_splits"] == "train,validation").all()
+    df = confirm(res.run_dir, seeds=2, top=2, quiet=True)
+    assert len(df) == 4 and (df["status"] == "ok").all(), df[["status", "error"]]
+    assert sorted(df["seed"].unique()) == [0, 1]
+    assert df["test_accuracy"].between(0, 1).all()
+    top2 = res.trials.sort_values("val_accuracy", ascending=False)["trial_id"].head(2)
+    assert set(df["trial_id"]) == set(top2)
+    assert (res.run_dir / "confirm.parquet").exists()
+    page = (res.run_dir / "report.html").read_text()
+    assert "Confirmed on the test split" in page and " ± " in page
+    assert "Not confirmed yet" not in page

@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from reports.html import render, write_report
-from reports.pareto import best_per_method, curve_data, knob_summary, pareto_front, scatter_data
+from reports.pareto import (
+    best_per_method,
+    compute_data,
+    curve_data,
+    knob_effects,
+    knob_summary,
+    pareto_front,
+    scatter_data,
+)
 
 
 def trials_frame(rows) -> pd.DataFrame:
@@ -19,6 +27,8 @@ def trials_frame(rows) -> pd.DataFrame:
     df["wall_time_s"] = 1.0
     df["error"] = None
     df["knobs_json"] = json.dumps({"learning_rate": 0.001})
+    df["iterations"] = 4
+    df["planned_iterations"] = 4
     return df
 
 
@@ -54,7 +64,8 @@ def test_figure_data_and_tables():
     data = scatter_data(df)
     assert set(data["methods"]) == {"full", "lora"}
     assert data["methods"]["lora"]["stopped"] == [False, True]
-    assert data["frontier"] == {"x": [10.0, 1000.0], "y": [0.90, 0.95]}
+    assert data["frontier"]["x"] == [10.0, 1000.0] and data["frontier"]["y"] == [0.90, 0.95]
+    assert data["frontier"]["trial_id"] == ["b", "a"]
     assert best_per_method(df)["trial_id"].tolist() == ["a", "b"]
     curves = pd.DataFrame(
         {
@@ -74,12 +85,38 @@ def test_figure_data_and_tables():
     )
 
 
+def test_compute_data_counts_what_early_stopping_saved():
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.9), ("c", "lora", 20, 0.8)])
+    df["wall_time_s"] = [40.0, 20.0, 5.0]
+    df.loc[2, ["stopped_early", "iterations"]] = [True, 1]  # 1 of 4 rounds: 20 s to finish
+    data = compute_data(df)
+    assert data["per_method"]["lora"] == {
+        "finished_s": 20.0, "stopped_s": 5.0, "trials": 2, "stopped": 1
+    }  # fmt: skip
+    assert data["trial_time_s"] == 65.0 and data["saved_s"] == 15.0
+    assert data["saved_fraction"] == pytest.approx(15 / 80)
+
+
+def test_knob_effects_only_for_knobs_that_vary():
+    df = trials_frame([("a", "lora", 10, 0.9), ("b", "lora", 20, 0.8), ("c", "full", 1000, 0.95)])
+    df["lora_rank"] = [4, 8, None]
+    df["learning_rate"] = [1e-3, 1e-3, 1e-4]
+    df["batch_size"] = 16
+    effects = knob_effects(df, ["lora_rank", "learning_rate", "batch_size"])
+    assert set(effects) == {"lora_rank", "learning_rate"}
+    assert effects["lora_rank"] == {
+        "lora": {"x": [4.0, 8.0], "y": [0.9, 0.8], "trial_id": ["a", "b"]}
+    }
+
+
 def test_user_strings_are_escaped(tmp_path):
     evil = "<script>alert(1)</script>"
     df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.9)])
     df["knobs_json"] = json.dumps({"note": evil})
     df["run_name"] = evil
     df["model"] = evil
+    df["dataset"] = evil
+    df["label_names"] = json.dumps([evil, "ok"])
     df.loc[1, "status"] = "ERROR"
     df.loc[1, "error"] = evil
     curves = pd.DataFrame(
@@ -93,6 +130,8 @@ def test_user_strings_are_escaped(tmp_path):
     curves.to_parquet(tmp_path / "curves.parquet")
     out = write_report(tmp_path)
     assert out.name == "report.html" and evil not in out.read_text()
+    svg = (tmp_path / "pareto.svg").read_text()
+    assert evil not in svg and "&lt;script&gt;" in svg
     assert not list(tmp_path.glob("*.tmp"))
 
 

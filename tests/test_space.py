@@ -162,7 +162,7 @@ def test_grid_enumerates_every_combination_of_every_method():
     space = validate(raw)
     grid = space.grid()
     assert space.num_trials == len(grid) == 2 * 2 + 2 * 2  # full: lr x bs; lora: rank x bs
-    assert {"method": "lora", "lora.lora_rank": 8, "lora.batch_size": 16} in grid
+    assert {"method": "lora", "lora.lora_rank": 8, "lora.batch_size": 16, "lora.seed": 0} in grid
 
 
 def test_define_by_run_samples_only_the_chosen_methods_knobs():
@@ -175,7 +175,7 @@ def test_define_by_run_samples_only_the_chosen_methods_knobs():
         method = trial.params["method"]
         seen.add(method)
         assert all(k == "method" or k.startswith(method + ".") for k in trial.params)
-        assert consts == {f"{method}.batch_size": 8}
+        assert consts == {f"{method}.batch_size": 8, f"{method}.seed": 0}
         if method == "lora":
             assert trial.params["lora.lora_rank"] in (4, 8)
         study.tell(trial, 0.5)

@@ -18,7 +18,7 @@ import torch
 
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
-from trainables.loop import EvalCallback, TrainConfig, train
+from trainables.loop import EvalCallback, TrainConfig, evaluate, train, trainable_state
 from trainables.methods import apply_method, get_method
 from trainables.model import count_parameters, load_classifier, set_threads
 
@@ -72,14 +72,22 @@ def run_trial(
     on_eval: EvalCallback,
     cpus: int = 1,
     resume: dict | None = None,
+    test: bool = False,
 ) -> dict[str, Any]:
     """Train one configuration; every evaluation goes to ``on_eval``.
 
     The metrics handed to ``on_eval`` carry the method, the parameter counts
     and ``planned_iterations`` (evaluations of an uninterrupted run), so a
-    reader can tell a trial cut short by early stopping from a finished one.
+    reader can tell a trial cut short by early stopping from a finished one,
+    and ``data_splits``: the splits this trial was given (a search never
+    gives the test split). With ``test`` (``peftsearch confirm`` only), the
+    evaluation with the best validation accuracy is evaluated once on the
+    test split: ``test_accuracy`` and ``test_loss`` in the result.
     """
+    if test and "test" not in data.splits:
+        raise ValueError("test=True needs data with a test split")
     set_threads(cpus)
+    given = ",".join(sorted(data.splits))
     method, knobs, cfg = split_config(flat_config)
     started = time.perf_counter()
     model = build_model(model_name, data, method, knobs, cfg.seed)
@@ -98,19 +106,29 @@ def run_trial(
         "trainable_fraction": trainable / total,
         "planned_iterations": cfg.planned_evals,
         "feature_cache": cached,
+        "data_splits": given,
         "setup_s": time.perf_counter() - started,
     }
+    best: dict[str, Any] = {"val_accuracy": -1.0, "state": None}
 
     def report(metrics: dict, get_state) -> None:
+        if test and metrics["val_accuracy"] > best["val_accuracy"]:
+            best.update(val_accuracy=metrics["val_accuracy"], state=trainable_state(model))
         on_eval({**metrics, **fixed}, get_state)
 
     last = train(
         model, data.splits["train"], data.splits["validation"], cfg, pad_id, report, resume
     )
-    del model
+    out = {**last, **fixed}
+    if test:
+        # Model selection on validation, then one look at test: the numbers a paper reports.
+        model.load_state_dict(best["state"], strict=False)
+        scores = evaluate(model, data.splits["test"], cfg.eval_batch_size, pad_id)
+        out.update(test_accuracy=scores["val_accuracy"], test_loss=scores["val_loss"])
+    model = None  # free it before the caller's next trial (a GPU keeps memory otherwise)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
-    return {**last, **fixed}
+    return out
 
 
 def flat_config(tune_config: dict[str, Any]) -> dict[str, Any]:

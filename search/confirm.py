@@ -1,0 +1,138 @@
+"""``peftsearch confirm``: retrain the chosen configurations over seeds, evaluate once on test.
+
+The search picks configurations on the validation split; a number worth
+quoting comes from retraining each chosen configuration with several seeds
+(head initialisation, data order) and evaluating each run once on the test
+split, which the search never saw. Runs go through Ray in parallel; the
+result is ``confirm.parquet`` (one row per configuration and seed), and the
+report shows test accuracy mean ± std beside the validation numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+CONFIRM_FILE = "confirm.parquet"
+
+
+def choose(trials: pd.DataFrame, top: int | None) -> pd.DataFrame:
+    """The Pareto-optimal trials (failed ones aside), or the ``top`` best by validation accuracy."""
+    from reports.pareto import healthy, pareto_front
+
+    ok = healthy(trials).dropna(subset=["val_accuracy"])
+    if top:
+        return ok.sort_values("val_accuracy", ascending=False).head(top)
+    return pareto_front(ok)
+
+
+def _one(flat: dict[str, Any], data, model_name: str, cpus: int) -> dict[str, Any]:
+    """One retraining run (a Ray task): train, select on validation, evaluate on test once."""
+    from trainables.trial import run_trial
+
+    started = time.perf_counter()
+    out = run_trial(flat, data, model_name, lambda m, g: None, cpus=cpus, test=True)
+    keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params", "total_params")
+    return {**{k: out[k] for k in keep}, "wall_time_s": time.perf_counter() - started}
+
+
+def confirm(
+    run_dir: str | Path,
+    seeds: int = 3,
+    top: int | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+) -> pd.DataFrame:
+    """Retrain the chosen trials of ``run_dir`` with ``seeds`` seeds each; write ``confirm.parquet``.
+
+    Seeds are the experiment's seed, +1, +2, ...: the first reproduces the
+    search's own run. The data split is the search's (same seed), so the
+    test split is the one held out from the search.
+    """
+    import ray
+
+    from reports.atomic import atomic_write
+    from reports.html import write_report
+    from search.driver import _init_ray, check_fit, prepare_data
+    from search.results import TRIALS_FILE, versions
+    from search.space import validate
+    from trainables.features import add_features, uses_cache
+
+    run_dir = Path(run_dir)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    space = validate(yaml.safe_load((run_dir / "space.yaml").read_text()), str(run_dir))
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    chosen = choose(trials, top)
+    if chosen.empty:
+        raise ValueError(f"{run_dir}: no finished trial to confirm")
+    config = check_fit(space)
+    data = prepare_data(space, progress=not quiet)
+    if "test" not in data.splits:
+        raise ValueError(
+            "the space has no test split (experiment.split.test is 0 and the data gives none)"
+        )
+    configs = [json.loads(c) for c in chosen["config_json"]]
+    if space.feature_cache and any(
+        uses_cache(c["method"], c, config) for c in configs
+    ):  # test features too: only here, never in the search
+        add_features(data, space.model, splits=("train", "validation", "test"), progress=not quiet)
+
+    _init_ray(address)
+    cpus, gpus = space.resources["cpu"], space.resources["gpu"]
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_one)
+    data_ref = ray.put(data)
+    jobs = {}
+    for (_, row), flat in zip(chosen.iterrows(), configs):
+        for i in range(seeds):
+            run = {**flat, "seed": space.seed + i}
+            ref = task.remote(run, data_ref, space.model, max(1, int(cpus)))
+            jobs[ref] = (row, i)
+    if not quiet:
+        print(
+            f"confirm: {len(chosen)} configurations x {seeds} seeds = {len(jobs)} runs", flush=True
+        )
+    rows, pending, started = [], list(jobs), time.time()
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        row, i = jobs[done[0]]
+        base = {
+            "trial_id": row["trial_id"],
+            "method": row["method"],
+            "seed": space.seed + i,
+            "val_accuracy_search": row["val_accuracy"],
+            "knobs_json": row["knobs_json"],
+            "config_json": row["config_json"],
+        }
+        try:
+            rows.append({**base, "status": "ok", "error": None, **ray.get(done[0])})
+        except Exception as e:  # a failed run is recorded, never dropped
+            rows.append({**base, "status": "error", "error": f"{type(e).__name__}: {e}"[-500:]})
+        if not quiet:
+            last = rows[-1]
+            acc = last.get("test_accuracy")
+            shown = f"test accuracy {acc:.4f}" if acc is not None else f"FAILED: {last['error']}"
+            print(
+                f"[{time.time() - started:6.0f}s] {row['trial_id']} {row['method']:<13} "
+                f"seed {space.seed + i}: {shown}",
+                flush=True,
+            )
+    df = pd.DataFrame(rows)
+    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
+                "total_params", "wall_time_s"):  # fmt: skip
+        if col not in df:
+            df[col] = None
+    df["run_name"] = run_dir.name
+    df["model"] = space.model
+    df["dataset"] = space.dataset.describe()
+    df["n_test"] = len(data.splits["test"])
+    df["versions"] = json.dumps(versions())
+    df = df.sort_values(["trial_id", "seed"]).reset_index(drop=True)
+    atomic_write(run_dir / CONFIRM_FILE, lambda tmp: df.to_parquet(tmp, index=False))
+    write_report(run_dir)
+    return df
