@@ -202,8 +202,10 @@ def run_metadata(trials: pd.DataFrame) -> dict[str, Any]:
     keys = ("run_name", "model", "dataset", "label_names", "n_train", "n_validation", "n_test",
             "max_length", "seed", "resources", "run_wall_time_s", "git_commit")  # fmt: skip
     meta = {k: first[k] for k in keys if k in trials and pd.notna(first[k])}
-    if "node" in trials:
-        meta["nodes"] = int(trials["node"].dropna().nunique())
+    for col in ("node_id", "node"):  # node ids tell apart nodes that share a host
+        if col in trials and trials[col].notna().any():
+            meta["nodes"] = int(trials[col].dropna().nunique())
+            break
     meta["trials"] = len(trials)
     meta["trial_time_s"] = round(float(trials["wall_time_s"].fillna(0).sum()), 1)
     if "versions" in trials:

@@ -254,13 +254,21 @@ def _autoscaling() -> bool:
         return False
 
 
+def code_dirs() -> list[str]:
+    """What trials import of peftsearch (``trainables``), as Ray ``py_modules`` for a cluster."""
+    import trainables
+
+    return [str(Path(trainables.__file__).parent)]
+
+
 def _init_ray(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        # Ship the code with the job: a worker node needs torch & co., not peftsearch itself.
+        ray.init(address=address, log_to_driver=False, runtime_env={"py_modules": code_dirs()})
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
@@ -350,11 +358,14 @@ def build_tuner(
 
     grid = space.search["searcher"] == "grid"
     if max_concurrent is None:
-        # One trial per CPU (and GPU) slot of the (local or remote) cluster.
+        # One trial per CPU (and GPU) slot of the (local or remote) cluster. An autoscaling
+        # cluster grows only when trials wait: let up to 8 wait (search.max_concurrent sets it).
         total = ray.cluster_resources()
         slots = total.get("CPU", os.cpu_count() or 1) // cpus
         if space.resources["gpu"]:
-            slots = min(slots, total.get("GPU", 0) // space.resources["gpu"] or slots)
+            slots = min(slots, total.get("GPU", 0) // space.resources["gpu"])
+        if _autoscaling():
+            slots = max(slots, min(8, space.num_trials))
         max_concurrent = max(1, int(slots))
     return tune.Tuner(
         trainable,

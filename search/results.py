@@ -137,6 +137,8 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
             "error": _error_text(trial),
             "num_failures": int(getattr(trial, "num_failures", 0) or 0),
             "node": last.get("hostname"),
+            "node_id": last.get("node_id"),
+            "gpu_ids": last.get("gpu_ids"),
             "config_json": json.dumps(config, sort_keys=True, default=str),
             "knobs_json": json.dumps(_sampled(config, space), sort_keys=True, default=str),
         }
@@ -200,7 +202,7 @@ def _trial_columns() -> list[str]:
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "feature_cache", "data_splits", "error", "num_failures", "node", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "feature_cache", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

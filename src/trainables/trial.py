@@ -189,11 +189,20 @@ def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, 
         with checkpoint.as_directory() as d:
             resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
 
+    import ray
+
+    # Where the trial ran: the node (several can share a host and IP) and its GPU share.
+    ctx = ray.get_runtime_context()
+    placed = {
+        "node_id": ctx.get_node_id(),
+        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+    }
     rounds = 0
 
     def on_eval(metrics: dict, get_state) -> None:
         nonlocal rounds
         rounds += 1
+        metrics = {**metrics, **placed}
         with tempfile.TemporaryDirectory() as d:
             torch.save(get_state(), os.path.join(d, CHECKPOINT_FILE))
             meta = {
