@@ -300,7 +300,16 @@ def make_searcher(space: Space):
         metric, mode = objectives[0], OBJECTIVES[objectives[0]]
     else:  # Optuna's multi-objective mode: lists go on the searcher only
         metric, mode = objectives, [OBJECTIVES[o] for o in objectives]
-    return PeftOptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler)
+    # Each method's first trial comes first (its knobs sampled): a conditional space searched
+    # at random from the start can leave a method untried in a short search.
+    first = [{"method": m} for m in space.methods] if n >= len(space.methods) else None
+    return PeftOptunaSearch(
+        space=DefineByRun(space),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        points_to_evaluate=first,
+    )
 
 
 def make_scheduler(space: Space):

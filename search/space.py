@@ -83,6 +83,7 @@ experiment:
     text: text                # column of the text
     text_pair: null           # column of the second text, for pair tasks (RTE, MNLI)
     label: label              # column of the label (strings or integers)
+    columns: null             # names of a header-less CSV/TSV's columns: [text, label]
   max_length: 128             # tokens per example (> 0)
   split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
   max_train_samples: null     # stratified caps (null: all)
@@ -601,6 +602,13 @@ def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
     for key in ("text", "label"):
         if not (isinstance(raw.get(key, "x"), str) and raw.get(key, "x")):
             problems.append((f"experiment.dataset.{key}", "the name of a column"))
+    cols = raw.get("columns")
+    if cols is not None and not (
+        isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)
+    ):
+        problems.append(
+            ("experiment.dataset.columns", "a list of column names, e.g. [text, label]")
+        )
     if spec.files is not None:
         if not isinstance(spec.files, dict) or "train" not in spec.files:
             problems.append(

@@ -73,6 +73,14 @@ def test_missing_column_and_file_are_named(tmp_path):
     assert err.value.key == "experiment.dataset.path"
 
 
+def test_a_header_less_file_takes_column_names(tmp_path):
+    path = tmp_path / "agnews.tsv"
+    path.write_text("goal match\tSports\nchip code\tSci/Tech\n")
+    table = load_table(DatasetSpec(path=str(path), columns=["text", "label"]))
+    assert table.texts == ["goal match", "chip code"]
+    assert table.label_names == ["Sci/Tech", "Sports"] and table.labels.tolist() == [1, 0]
+
+
 def test_one_file_per_split_keeps_the_given_splits(tmp_path):
     rows = lambda n, k: "text\tlabel\n" + "".join(f"w{i} {k}\t{'ab'[i % 2]}\n" for i in range(n))  # noqa: E731
     (tmp_path / "train.tsv").write_text(rows(30, "tr"))

@@ -141,3 +141,14 @@ def test_single_objective_pruned_trial_keeps_its_intermediate_values():
     s.on_trial_complete("a", _result(0.5, 10, 1))
     (t,) = s._ot_study.trials
     assert t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values == {1: 0.5}
+
+
+def test_the_first_trials_try_every_method_once():
+    from search.driver import make_searcher
+    from search.space import validate
+
+    methods = {"full": {}, "lora": {"lora_rank": {"choice": [4, 8]}}, "bitfit": {}, "ia3": {}}
+    space = validate({"methods": methods, "search": {"num_samples": 6}})
+    searcher = make_searcher(space)
+    first = [searcher.suggest(str(i))["method"] for i in range(4)]
+    assert sorted(first) == sorted(methods)

@@ -37,6 +37,7 @@ class DatasetSpec:
     text: str = "text"  # column of the (first) text
     text_pair: str | None = None  # column of the second text, for pair tasks
     label: str = "label"  # column of the label (strings or integers)
+    columns: list[str] | None = None  # names of a header-less CSV/TSV file's columns
 
     def describe(self) -> str:
         """A short human-readable name, used in results and reports."""
@@ -143,8 +144,11 @@ def load_bbc_news() -> TextTable:
     return TextTable(texts=texts, labels=np.asarray(labels), label_names=label_names)
 
 
-def read_table(path: str | Path):
-    """Read a local table file into a pandas DataFrame, by its extension."""
+def read_table(path: str | Path, columns: list[str] | None = None):
+    """Read a local table file into a pandas DataFrame, by its extension.
+
+    ``columns`` names the columns of a CSV/TSV file that has no header row.
+    """
     import pandas as pd
 
     path = Path(path)
@@ -157,7 +161,10 @@ def read_table(path: str | Path):
     if suffix in (".csv", ".tsv"):
         # QUOTE_NONE for TSV: GLUE-style files contain unbalanced quotes.
         quoting = 3 if suffix == ".tsv" else 0
-        return pd.read_csv(path, sep=LOCAL_FORMATS[suffix], quoting=quoting, keep_default_na=False)
+        header = {"header": None, "names": columns} if columns else {}
+        return pd.read_csv(
+            path, sep=LOCAL_FORMATS[suffix], quoting=quoting, keep_default_na=False, **header
+        )
     if suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_json(path, lines=suffix == ".jsonl")
@@ -193,7 +200,8 @@ def load_table(spec: DatasetSpec) -> TextTable:
     if spec.path:
         if not Path(spec.path).expanduser().is_file():
             raise DataError("experiment.dataset.path", f"no such file {spec.path!r}")
-        return _table_from_frame(read_table(Path(spec.path).expanduser()), spec, spec.path)
+        frame = read_table(Path(spec.path).expanduser(), spec.columns)
+        return _table_from_frame(frame, spec, spec.path)
     if spec.files:
         return _load_files(spec)
     if spec.hub:
@@ -218,7 +226,7 @@ def _load_files(spec: DatasetSpec) -> TextTable:
         path = Path(spec.files[split]).expanduser()
         if not path.is_file():
             raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
-        frame = read_table(path)
+        frame = read_table(path, spec.columns)
         frames.append(frame)
         splits[split] = np.arange(start, start + len(frame))
         start += len(frame)
