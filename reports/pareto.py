@@ -140,6 +140,7 @@ def confirm_summary(confirmed: pd.DataFrame) -> pd.DataFrame:
         val_accuracy_search=("val_accuracy_search", "first"),
         val_accuracy_retrained=("best_val_accuracy", "mean"),
         trainable_params=("trainable_params", "first"),
+        total_params=("total_params", "first"),
         knobs_json=("knobs_json", "first"),
     ).reset_index()
     out["test_accuracy_std"] = out["test_accuracy_std"].fillna(0.0)

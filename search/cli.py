@@ -126,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     con.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     con.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
-    con.add_argument("--top", type=int, metavar="K", help="the top K trials instead of the front")
+    which = con.add_mutually_exclusive_group()
+    which.add_argument("--top", type=int, metavar="K", help="the top K trials instead of the front")
+    which.add_argument(
+        "--per-method", action="store_true", help="the best trial of each method instead"
+    )
     con.add_argument("--address", help="a running Ray cluster (default: a local Ray)")
 
     res = sub.add_parser(
@@ -349,7 +353,13 @@ def cmd_confirm(args) -> int:
     from reports.pareto import confirm_summary
     from search.confirm import confirm
 
-    df = confirm(args.run_dir, seeds=args.seeds, top=args.top, address=args.address)
+    df = confirm(
+        args.run_dir,
+        seeds=args.seeds,
+        top=args.top,
+        address=args.address,
+        per_method=args.per_method,
+    )
     s = confirm_summary(df)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print("\ntest accuracy over seeds (mean ± std) beside the search's validation accuracy:")

@@ -21,11 +21,14 @@ import yaml
 CONFIRM_FILE = "confirm.parquet"
 
 
-def choose(trials: pd.DataFrame, top: int | None) -> pd.DataFrame:
-    """The Pareto-optimal trials (failed ones aside), or the ``top`` best by validation accuracy."""
-    from reports.pareto import healthy, pareto_front
+def choose(trials: pd.DataFrame, top: int | None, per_method: bool = False) -> pd.DataFrame:
+    """The Pareto-optimal trials (failed ones aside), the ``top`` best by validation
+    accuracy, or (``per_method``) the best trial of each method."""
+    from reports.pareto import best_per_method, healthy, pareto_front
 
     ok = healthy(trials).dropna(subset=["val_accuracy"])
+    if per_method:
+        return best_per_method(ok)
     if top:
         return ok.sort_values("val_accuracy", ascending=False).head(top)
     return pareto_front(ok)
@@ -47,6 +50,7 @@ def confirm(
     top: int | None = None,
     address: str | None = None,
     quiet: bool = False,
+    per_method: bool = False,
 ) -> pd.DataFrame:
     """Retrain the chosen trials of ``run_dir`` with ``seeds`` seeds each; write ``confirm.parquet``.
 
@@ -68,7 +72,7 @@ def confirm(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     space = validate(yaml.safe_load((run_dir / "space.yaml").read_text()), str(run_dir))
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
-    chosen = choose(trials, top)
+    chosen = choose(trials, top, per_method)
     if chosen.empty:
         raise ValueError(f"{run_dir}: no finished trial to confirm")
     config = check_fit(space)

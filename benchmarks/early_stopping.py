@@ -1,0 +1,89 @@
+"""Early stopping: accuracy-only ASHA vs Pareto-aware ASHA vs none, same space and trials.
+
+    python benchmarks/early_stopping.py [--quick]
+
+The offline default (MiniLM on BBC News), four methods, the same seed and
+number of trials under each scheduler. Reports total trial time, the best
+validation accuracy and the hypervolume of the (trainable parameters,
+accuracy) front (log10 parameters, reference point: every parameter, accuracy
+0). Goal (issue 7): the best within 0.5 points of no early stopping, at no
+more than a third of its compute.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parser, save, table  # noqa: E402
+
+
+def space(storage: str, quick: bool, scheduler: str) -> dict:
+    return {
+        "experiment": {"model": "minilm", "dataset": "bbc_news", "max_length": 96,
+                       "max_train_samples": 160 if quick else 400, "max_eval_samples": 150},
+        "train": {"epochs": 2 if quick else 3, "evals_per_epoch": 2, "batch_size": 16},
+        "methods": {
+            "full": {"learning_rate": {"log": [3e-5, 3e-4]}},
+            "linear_probe": {"learning_rate": {"log": [1e-2, 3e-1]}},
+            "adapter": {"adapter_size": {"choice": [8, 32, 64]},
+                        "learning_rate": {"log": [1e-3, 1e-2]}},
+            "lora": {"lora_rank": {"choice": [2, 8, 16]}, "learning_rate": {"log": [1e-3, 1e-2]}},
+        },
+        "search": {"num_samples": 8 if quick else 24, "max_concurrent": 2},
+        "scheduler": {"type": scheduler, "grace_period": 1, "reduction_factor": 3},
+        "storage": storage,
+    }  # fmt: skip
+
+
+def hypervolume(trials, total_params: float) -> float:
+    """Area dominated by the front in (log10 params, accuracy), up to (log10 total, 0)."""
+    from reports.pareto import healthy, pareto_front
+
+    front = pareto_front(healthy(trials))
+    ref = math.log10(total_params)
+    # The front is sorted by parameters, accuracy rising: each point dominates the strip
+    # from its own x to the next point's x (the last one: to the reference).
+    xs = [math.log10(max(1.0, x)) for x in front["trainable_params"]]
+    ys = list(front["val_accuracy"])
+    return sum(((xs[i + 1] if i + 1 < len(xs) else ref) - xs[i]) * ys[i] for i in range(len(xs)))
+
+
+def main() -> None:
+    import search
+    from reports.pareto import healthy, pareto_front
+    from search.space import validate
+
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for scheduler in ("none", "asha", "pareto_asha"):
+            s = validate(space(d, args.quick, scheduler), f"early-{scheduler}")
+            res = search.run(s, name=scheduler, quiet=True)
+            t = res.trials
+            rows.append({"scheduler": scheduler, "trials": len(t),
+                         "stopped_early": int(t["stopped_early"].sum()),
+                         "trial_time_s": round(float(t["wall_time_s"].sum()), 1),
+                         "best_val_accuracy": round(float(t["val_accuracy"].max()), 4),
+                         "hypervolume": round(hypervolume(t, float(t["total_params"].max())), 3),
+                         "front": ", ".join(pareto_front(healthy(t))["method"])})  # fmt: skip
+    base = rows[0]
+    for r in rows:
+        r["compute_vs_none"] = round(r["trial_time_s"] / base["trial_time_s"], 3)
+        r["best_minus_none_points"] = round(
+            100 * (r["best_val_accuracy"] - base["best_val_accuracy"]), 2
+        )
+    print(table(rows))
+    met = {r["scheduler"]: r["best_minus_none_points"] >= -0.5 and r["compute_vs_none"] <= 1 / 3
+           for r in rows[1:]}  # fmt: skip
+    print(f"\ngoal (best within 0.5 points at <= 1/3 of the compute): {met}")
+    path = save("early_stopping", {"rows": rows, "goal": "best within 0.5 points at <= 1/3 compute",
+                                   "met": met}, args.quick)  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
