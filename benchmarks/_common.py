@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# One configuration per method for the benchmarks that time or measure single trials.
+CONFIGS = {
+    "full": {"learning_rate": 1e-4},
+    "lora": {"lora_rank": 8, "learning_rate": 3e-3},
+    "adapter": {"adapter_size": 32, "learning_rate": 3e-3},
+    "prefix": {"prefix_length": 16, "learning_rate": 1e-2},
+    "prompt_tuning": {"prompt_length": 20, "learning_rate": 3e-2},
+    "bitfit": {"learning_rate": 3e-3},
+    "linear_probe": {"learning_rate": 3e-2},
+}
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, save, table  # noqa: E402
+from _common import CONFIGS, parser, save, table  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys
@@ -40,13 +40,9 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 METHODS = {
     "model + data only": {"method": "none"},
-    "full": {"method": "full", "learning_rate": 1e-4},
-    "lora": {"method": "lora", "lora_rank": 8, "learning_rate": 3e-3},
-    "adapter": {"method": "adapter", "adapter_size": 32, "learning_rate": 3e-3},
-    "prefix": {"method": "prefix", "prefix_length": 16, "learning_rate": 1e-2},
-    "bitfit": {"method": "bitfit", "learning_rate": 3e-3},
-    "linear_probe": {"method": "linear_probe", "learning_rate": 3e-2},
-}
+    **{m: {"method": m, **CONFIGS[m]}
+       for m in ("full", "lora", "adapter", "prefix", "bitfit", "linear_probe")},
+}  # fmt: skip
 
 
 def main() -> None:

@@ -16,15 +16,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, save, table  # noqa: E402
+from _common import CONFIGS, parser, save, table  # noqa: E402
 
 METHODS = {
-    "full": {"learning_rate": 1e-4},
-    "lora": {"lora_rank": 8, "learning_rate": 3e-3},
-    "adapter": {"adapter_size": 32, "learning_rate": 3e-3},
-    "prefix": {"prefix_length": 16, "learning_rate": 1e-2},
-    "prompt_tuning": {"prompt_length": 20, "learning_rate": 3e-2},
-    "linear_probe": {"learning_rate": 3e-2},
+    m: CONFIGS[m] for m in ["full", "lora", "adapter", "prefix", "prompt_tuning", "linear_probe"]
 }
 
 

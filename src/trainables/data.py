@@ -215,29 +215,34 @@ def load_table(spec: DatasetSpec) -> TextTable:
     )
 
 
-def _load_files(spec: DatasetSpec) -> TextTable:
-    """One file per split: the splits are given, labels are named across all of them."""
+def _table_from_splits(frames: dict, spec: DatasetSpec) -> TextTable:
+    """One table from a frame per given split; labels are named across all of them."""
     import pandas as pd
 
-    frames, splits, start = [], {}, 0
-    for split in SPLITS:
-        if split not in spec.files:
-            continue
-        path = Path(spec.files[split]).expanduser()
-        if not path.is_file():
-            raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
-        frame = read_table(path, spec.columns)
-        frames.append(frame)
+    splits, start = {}, 0
+    for split, frame in frames.items():
         splits[split] = np.arange(start, start + len(frame))
         start += len(frame)
-    table = _table_from_frame(pd.concat(frames, ignore_index=True), spec, spec.describe())
+    table = _table_from_frame(
+        pd.concat(list(frames.values()), ignore_index=True), spec, spec.describe()
+    )
     table.given_splits = splits
     return table
 
 
+def _load_files(spec: DatasetSpec) -> TextTable:
+    """One file per split: the splits are given."""
+    frames = {}
+    for split in (s for s in SPLITS if s in spec.files):
+        path = Path(spec.files[split]).expanduser()
+        if not path.is_file():
+            raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
+        frames[split] = read_table(path, spec.columns)
+    return _table_from_splits(frames, spec)
+
+
 def _load_hub(spec: DatasetSpec) -> TextTable:
     import datasets
-    import pandas as pd
 
     try:
         dsd = datasets.load_dataset(spec.hub, spec.config)
@@ -246,20 +251,13 @@ def _load_hub(spec: DatasetSpec) -> TextTable:
             "experiment.dataset.hub",
             f"cannot load {spec.describe()!r} from the Hub or its cache: {type(e).__name__}: {e}",
         ) from None
-    names = {"train": "train", "validation": "validation", "test": "test"}
-    frames, splits, start = [], {}, 0
-    for ours, theirs in names.items():
-        if theirs in dsd:
-            frame = dsd[theirs].to_pandas()
-            # GLUE test sets carry label -1 (hidden): unusable for evaluation.
-            if spec.label in frame and (frame[spec.label] == -1).all():
-                continue
-            frames.append(frame)
-            splits[ours] = np.arange(start, start + len(frame))
-            start += len(frame)
-    table = _table_from_frame(pd.concat(frames, ignore_index=True), spec, spec.describe())
-    table.given_splits = splits
-    return table
+    frames = {}
+    for split in (s for s in SPLITS if s in dsd):
+        frame = dsd[split].to_pandas()
+        # GLUE test sets carry label -1 (hidden): unusable for evaluation.
+        if not (spec.label in frame and (frame[spec.label] == -1).all()):
+            frames[split] = frame
+    return _table_from_splits(frames, spec)
 
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -167,10 +167,15 @@ def train(
     model.train()
     started = time.perf_counter() - elapsed
     loss_sum, loss_n, metrics = 0.0, 0, {}
+    orders: dict[int, np.ndarray] = {}
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         # The order depends only on (seed, epoch): a resumed run sees the same batches.
-        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_data))
+        if epoch not in orders:
+            orders = {
+                epoch: np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_data))
+            }
+        order = orders[epoch]
         idx = order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         loss = model(**collate(train_data, idx, pad_id, device)).loss
         if not torch.isfinite(loss):
