@@ -25,7 +25,7 @@ def space(storage: str, quick: bool, scheduler: str) -> dict:
     return {
         "experiment": {"model": "minilm", "dataset": "bbc_news", "max_length": 96,
                        "max_train_samples": 160 if quick else 400, "max_eval_samples": 150},
-        "train": {"epochs": 2 if quick else 3, "evals_per_epoch": 2, "batch_size": 16},
+        "train": {"epochs": 2, "evals_per_epoch": 2, "batch_size": 16},
         "methods": {
             "full": {"learning_rate": {"log": [3e-5, 3e-4]}},
             "linear_probe": {"learning_rate": {"log": [1e-2, 3e-1]}},
@@ -33,8 +33,8 @@ def space(storage: str, quick: bool, scheduler: str) -> dict:
                         "learning_rate": {"log": [1e-3, 1e-2]}},
             "lora": {"lora_rank": {"choice": [2, 8, 16]}, "learning_rate": {"log": [1e-3, 1e-2]}},
         },
-        "search": {"num_samples": 8 if quick else 24, "max_concurrent": 2},
-        "scheduler": {"type": scheduler, "grace_period": 1, "reduction_factor": 3},
+        "search": {"num_samples": 6 if quick else 12, "max_concurrent": 2},
+        "scheduler": {"type": scheduler, "grace_period": 1, "reduction_factor": 2},
         "storage": storage,
     }  # fmt: skip
 
