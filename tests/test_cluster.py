@@ -110,6 +110,14 @@ def test_trials_run_on_both_nodes_and_record_theirs(two_nodes, tmp_path, tiny_be
     assert worker.node_id in set(t["node_id"])
 
 
+def trial_running_on(node) -> bool:
+    """Whether a Tune trial's actor process (``ray::ImplicitFunc``) runs under ``node``'s raylet."""
+    import psutil
+
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    return any("ImplicitFunc" in " ".join(p.cmdline()) for p in raylet.children(recursive=True))
+
+
 @pytest.mark.slow
 def test_a_lost_node_s_trials_resume_on_what_remains(two_nodes, tmp_path, tiny_bert, topics_tsv):
     cluster, worker = two_nodes
@@ -122,10 +130,10 @@ def test_a_lost_node_s_trials_resume_on_what_remains(two_nodes, tmp_path, tiny_b
     proc = run_on(cluster.address, space, tmp_path)
     seen = []
     deadline = time.time() + 300
-    while time.time() < deadline:  # both nodes busy: two trials past their first round
+    while time.time() < deadline:  # a trial on the worker node, past a checkpoint
         line = proc.stdout.readline()
         seen.append(line)
-        if sum("round 2/" in s for s in seen) >= 2:
+        if sum("round 2/" in s for s in seen) >= 2 and trial_running_on(worker):
             break
     cluster.remove_node(worker, allow_graceful=False)  # the worker node dies mid-trial
     rest, _ = proc.communicate(timeout=400)
