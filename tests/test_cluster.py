@@ -114,8 +114,14 @@ def trial_running_on(node) -> bool:
     """Whether a Tune trial's actor process (``ray::ImplicitFunc``) runs under ``node``'s raylet."""
     import psutil
 
+    def title(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # a worker that just exited
+            return ""
+
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    return any("ImplicitFunc" in " ".join(p.cmdline()) for p in raylet.children(recursive=True))
+    return any("ImplicitFunc" in title(p) for p in raylet.children(recursive=True))
 
 
 @pytest.mark.slow
