@@ -110,6 +110,9 @@ def main() -> None:
             }  # fmt: skip
             print(table(mine), flush=True)
             print(f"{task}: {verdicts[task]}\n", flush=True)
+            # Saved after every task: a long run that stops keeps what it finished.
+            save("quality", {"rows": rows, "verdicts": verdicts, "train_cap": train,
+                             "trials": trials, "seeds": seeds, "epochs": epochs}, args.quick)  # fmt: skip
     print(table(rows))
     path = save("quality", {"rows": rows, "verdicts": verdicts, "train_cap": train,
                             "trials": trials, "seeds": seeds, "epochs": epochs}, args.quick)  # fmt: skip
