@@ -417,7 +417,7 @@ def prune_checkpoints(run_dir: Path) -> dict[str, float]:
     import torch
 
     from reports.atomic import atomic_write
-    from search.export import checkpoint_meta
+    from search.export import best_of
     from trainables.trial import CHECKPOINT_FILE
 
     removed = 0
@@ -425,10 +425,7 @@ def prune_checkpoints(run_dir: Path) -> dict[str, float]:
         ckpts = sorted(trial_dir.glob("checkpoint_*"))
         if len(ckpts) < 2:
             continue  # (the state files are slimmed below)
-        best = max(
-            ckpts,
-            key=lambda c: (checkpoint_meta(c).get("val_accuracy", -1.0), -int(c.name[11:] or 0)),
-        )
+        best = best_of(ckpts)  # the one export takes
         for c in ckpts:
             if c != best:
                 shutil.rmtree(c, ignore_errors=True)

@@ -33,12 +33,17 @@ def best_checkpoint(run_dir: Path, trial_id: str) -> Path:
     found = [c for d in dirs for c in d.glob("checkpoint_*") if (c / CHECKPOINT_FILE).exists()]
     if not found:
         raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run_dir}")
+    return best_of(found)
+
+
+def best_of(checkpoints: list[Path]) -> Path:
+    """The checkpoint with the best validation accuracy (the earliest, on a tie)."""
 
     def score(c: Path) -> tuple[float, int]:
         meta = checkpoint_meta(c)
         return (meta.get("val_accuracy", -1.0), -meta.get("step", 0))
 
-    return max(found, key=score)
+    return max(checkpoints, key=score)
 
 
 def checkpoint_meta(checkpoint: Path) -> dict:

@@ -124,15 +124,20 @@ def test_with_retries_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
 
 
-def test_driver_killed_mid_search_resumes_to_exactly_num_samples(tmp_path, tiny_bert, topics_tsv):
-    space = write_space(
+def one_at_a_time(tmp_path, model, data, num_samples: int) -> Path:
+    """Trials of 6 rounds, one at a time, none stopped: an interruption lands mid-trial."""
+    return write_space(
         tmp_path,
-        tiny_bert,
-        topics_tsv,
+        model,
+        data,
         train={"epochs": 3, "evals_per_epoch": 2, "batch_size": 16},
-        search={"num_samples": 5, "max_concurrent": 1},
+        search={"num_samples": num_samples, "max_concurrent": 1},
         scheduler={"type": "none"},
     )
+
+
+def test_driver_killed_mid_search_resumes_to_exactly_num_samples(tmp_path, tiny_bert, topics_tsv):
+    space = one_at_a_time(tmp_path, tiny_bert, topics_tsv, num_samples=5)
     proc = start(space, tmp_path)
     wait_for(proc, "finished  |")  # one trial done, the next one running
     wait_for(proc, "round 2/")
@@ -155,14 +160,7 @@ def test_driver_killed_mid_search_resumes_to_exactly_num_samples(tmp_path, tiny_
 
 
 def test_ctrl_c_writes_what_finished_then_the_same_command_resumes(tmp_path, tiny_bert, topics_tsv):
-    space = write_space(
-        tmp_path,
-        tiny_bert,
-        topics_tsv,
-        train={"epochs": 3, "evals_per_epoch": 2, "batch_size": 16},
-        search={"num_samples": 4, "max_concurrent": 1},
-        scheduler={"type": "none"},
-    )
+    space = one_at_a_time(tmp_path, tiny_bert, topics_tsv, num_samples=4)
     proc = start(space, tmp_path)
     wait_for(proc, "finished  |")
     proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
