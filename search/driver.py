@@ -313,7 +313,11 @@ def make_searcher(space: Space):
 
 
 def make_scheduler(space: Space):
-    """ASHA, Pareto-aware ASHA, or none (FIFO), measured in evaluation rounds."""
+    """ASHA, Pareto-aware ASHA, or none (FIFO), measured in evaluation rounds.
+
+    ``per_method``: rungs per method (``search.schedulers.ParetoASHA`` with
+    ``group_by="method"``, accuracy-only for ``asha``).
+    """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.schedulers import ParetoASHA
@@ -325,10 +329,14 @@ def make_scheduler(space: Space):
         "grace_period": min(space.scheduler["grace_period"], space.max_t),
         "reduction_factor": space.scheduler["reduction_factor"],
     }
-    if kind == "asha":
+    cost = "trainable_params" if kind == "pareto_asha" else None
+    if kind == "asha" and not space.scheduler.get("per_method"):
         return ASHAScheduler(metric=space.metric, mode=space.mode, **args)
-    if kind == "pareto_asha":
-        return ParetoASHA(metric=space.metric, mode=space.mode, cost="trainable_params", **args)
+    if kind in ("asha", "pareto_asha"):
+        group_by = "method" if space.scheduler.get("per_method") else None
+        return ParetoASHA(
+            metric=space.metric, mode=space.mode, cost=cost, group_by=group_by, **args
+        )
     return FIFOScheduler()
 
 

@@ -16,6 +16,13 @@ one of them). So it stops what accuracy-only ASHA stops, except trials on
 the rung's Pareto front. Trials of one method compete as before (same cost,
 so accuracy decides); a cheaper method survives while it is the most
 accurate at its price.
+
+With ``group_by="method"`` (``scheduler.per_method: true``) each method has
+rungs of its own: a trial is compared only with trials of its method. Methods
+learn at different speeds - a linear probe on cached features is near its
+best after a third of an epoch, full fine-tuning is still warming up - so
+one set of rungs stops slow starters that would have ended best, and the
+best configuration of each method is judged against its peers.
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ class ParetoASHA(FIFOScheduler):
     Args:
         metric: the accuracy-like result key (higher is better with ``mode="max"``).
         mode: ``"max"`` or ``"min"`` for ``metric``.
-        cost: the result key to minimise, reported with every result.
+        cost: the result key to minimise, reported with every result; ``None``
+            for accuracy-only ASHA (useful with ``group_by``).
+        group_by: a result key (``"method"``): trials with different values of it
+            never compete; ``None`` for one set of rungs.
         time_attr, max_t, grace_period, reduction_factor: as ``ASHAScheduler``.
     """
 
@@ -45,7 +55,8 @@ class ParetoASHA(FIFOScheduler):
         self,
         metric: str = "val_accuracy",
         mode: str = "max",
-        cost: str = "trainable_params",
+        cost: str | None = "trainable_params",
+        group_by: str | None = None,
         time_attr: str = "training_iteration",
         max_t: int = 100,
         grace_period: int = 1,
@@ -56,14 +67,13 @@ class ParetoASHA(FIFOScheduler):
         if not (0 < grace_period <= max_t) or reduction_factor <= 1:
             raise ValueError("need 0 < grace_period <= max_t and reduction_factor > 1")
         super().__init__()
-        self._metric, self._mode, self._cost = metric, mode, cost
+        self._metric, self._mode, self._cost, self._group_by = metric, mode, cost, group_by
         self._sign = 1.0 if mode == "max" else -1.0
         self._time_attr, self._max_t, self._rf = time_attr, max_t, reduction_factor
         n_rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-        # milestone -> {trial_id: (signed metric, cost)}
-        self._rungs: dict[float, dict[str, tuple[float, float]]] = {
-            grace_period * reduction_factor**k: {} for k in range(n_rungs)
-        }
+        self._milestones = [grace_period * reduction_factor**k for k in range(n_rungs)]
+        # (group, milestone) -> {trial_id: (signed metric, cost)}
+        self._rungs: dict[tuple[str | None, float], dict[str, tuple[float, float]]] = {}
         self.num_stopped = 0
         self.kept_by_front = 0  # trials accuracy-only ASHA would have stopped
 
@@ -77,18 +87,21 @@ class ParetoASHA(FIFOScheduler):
         t = result[self._time_attr]
         if t >= self._max_t:
             return TrialScheduler.CONTINUE  # the trial ends by itself
-        point = (self._sign * result[self._metric], float(result.get(self._cost, np.inf)))
-        action = self._decide(trial.trial_id, t, point)
+        cost = float(result.get(self._cost, np.inf)) if self._cost else 0.0
+        group = str(result.get(self._group_by)) if self._group_by else None
+        action = self._decide(trial.trial_id, t, (self._sign * result[self._metric], cost), group)
         if action == TrialScheduler.STOP:
             self.num_stopped += 1
         return action
 
-    def _decide(self, trial_id: str, t: float, point: tuple[float, float]) -> str:
-        """Record ``point`` at the highest rung ``t`` has reached; stop or continue."""
-        reached = [m for m in self._rungs if t >= m]
+    def _decide(
+        self, trial_id: str, t: float, point: tuple[float, float], group: str | None = None
+    ) -> str:
+        """Record ``point`` at the highest rung ``t`` has reached in ``group``; stop or continue."""
+        reached = [m for m in self._milestones if t >= m]
         if not reached:
             return TrialScheduler.CONTINUE
-        recorded = self._rungs[max(reached)]
+        recorded = self._rungs.setdefault((group, max(reached)), {})
         if trial_id in recorded:
             return TrialScheduler.CONTINUE
         others = list(recorded.values())
@@ -98,7 +111,7 @@ class ParetoASHA(FIFOScheduler):
         cutoff = np.nanpercentile([p[0] for p in others], (1 - 1 / self._rf) * 100)
         if point[0] >= cutoff:
             return TrialScheduler.CONTINUE
-        if not any(dominates(o, point) for o in others):
+        if self._cost and not any(dominates(o, point) for o in others):
             self.kept_by_front += 1
             return TrialScheduler.CONTINUE
         return TrialScheduler.STOP
@@ -107,7 +120,9 @@ class ParetoASHA(FIFOScheduler):
         pass  # rungs are recorded as results arrive
 
     def debug_string(self) -> str:
-        sizes = ", ".join(f"{m:g}: {len(r)}" for m, r in self._rungs.items())
+        per = {m: sum(len(r) for (_, rung), r in self._rungs.items() if rung == m)
+               for m in self._milestones}  # fmt: skip
+        sizes = ", ".join(f"{m:g}: {n}" for m, n in per.items())
         return (
             f"ParetoASHA: stopped {self.num_stopped}, kept by the front {self.kept_by_front}; "
             f"trials per rung {{{sizes}}}"

@@ -7,7 +7,8 @@ A space file has these sections (all but ``methods`` optional, defaults below):
 ``methods``     method name -> its own knobs, and overrides of shared knobs
 ``search``      searcher (tpe | random | grid), objectives, budget (num_samples,
                 time_budget_s, max_concurrent), retries (max_failures)
-``scheduler``   type (asha | pareto_asha | none), grace_period, reduction_factor
+``scheduler``   type (asha | pareto_asha | none), grace_period, reduction_factor,
+                per_method (rungs per method)
 ``resources``   cpu and gpu per trial (a fraction of a GPU shares it)
 ``storage``     where runs are written
 
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "max_concurrent": None,
         "max_failures": 0,  # retries of a failed trial, from its last checkpoint
     },
-    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "per_method": False},
     "resources": {"cpu": 1, "gpu": 0},
     "storage": "./runs",
 }
@@ -93,7 +94,8 @@ experiment:
 train:                        # shared knobs, each fixed or a distribution; defaults:
   learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
   epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
-                              #   evals_per_epoch 4 (ASHA's time unit: one evaluation)
+                              #   evals_per_epoch 4 (ASHA's time unit: one evaluation),
+                              #   gradient_checkpointing false (true: less memory, ~1/3 slower)
 methods:                      # method -> its knobs (peftsearch methods), and shared overrides
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
 search:
@@ -107,6 +109,7 @@ scheduler:
   type: asha                  # asha | pareto_asha (keeps the rung's accuracy/params front) | none
   grace_period: 1             # evaluation rounds before the first cut
   reduction_factor: 2         # keep the top 1/reduction_factor at each rung
+  per_method: false           # true: a trial competes only with trials of its own method
 resources: {cpu: 1, gpu: 0}   # per trial; gpu 0.5 puts two trials on one GPU
 storage: ./runs               # local folder, shared (NFS) path or s3:// URI
 
@@ -457,9 +460,7 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         _check_search(search, methods, problems)
 
     sched = cfg["scheduler"]
-    if _check_keys(
-        sched, {"type": 0, "grace_period": 0, "reduction_factor": 0}, "scheduler", problems
-    ):
+    if _check_keys(sched, DEFAULTS["scheduler"], "scheduler", problems):
         if sched.get("type") not in SCHEDULERS:  # pareto_asha: see search.schedulers
             problems.append(
                 ("scheduler.type", f"one of {list(SCHEDULERS)}, got {sched.get('type')!r}")
@@ -474,6 +475,10 @@ def validate(raw: Any, source: str = "<space>") -> Space:
             )
         if not (_is_number(rf) and rf > 1):
             problems.append(("scheduler.reduction_factor", f"must be a number > 1, got {rf!r}"))
+        if not isinstance(sched.get("per_method", False), bool):
+            problems.append(
+                ("scheduler.per_method", f"must be true or false, got {sched['per_method']!r}")
+            )
 
     res = cfg["resources"]
     if _check_keys(res, DEFAULTS["resources"], "resources", problems):

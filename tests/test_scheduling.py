@@ -82,6 +82,44 @@ def test_pareto_asha_stops_what_asha_stops_unless_on_the_front():
     assert dominates((0.9, 10), (0.9, 20)) and not dominates((0.9, 10), (0.9, 10))
 
 
+def test_per_method_rungs_judge_a_trial_only_against_its_own_method():
+    # Accuracy-only rungs per method: a slow-starting full fine-tuning trial is not cut by a
+    # linear probe that is near its best after one round.
+    s = ParetoASHA(cost=None, group_by="method", max_t=8, grace_period=1, reduction_factor=2)
+    assert s._decide("probe1", 1, (0.90, 0.0), "linear_probe") == "CONTINUE"
+    assert s._decide("full1", 1, (0.30, 0.0), "full") == "CONTINUE"  # first full at the rung
+    assert s._decide("full2", 1, (0.20, 0.0), "full") == "STOP"  # below full1
+    assert s._decide("probe2", 1, (0.85, 0.0), "linear_probe") == "STOP"  # below probe1
+    assert s._decide("full3", 1, (0.35, 0.0), "full") == "CONTINUE"  # top half of full's
+    assert s.kept_by_front == 0
+    one = ParetoASHA(cost=None, max_t=8, grace_period=1, reduction_factor=2)
+    assert one._decide("probe1", 1, (0.90, 0.0)) == "CONTINUE"
+    assert one._decide("full1", 1, (0.30, 0.0)) == "STOP"  # one set of rungs
+    assert "trials per rung {1: 5, 2: 0" in s.debug_string()
+
+
+@pytest.mark.slow
+def test_per_method_asha_in_tune_and_from_a_space(ray_local, tiny_bert, topics_tsv, tmp_path):
+    from conftest import tiny_space
+
+    from search.driver import make_scheduler
+    from search.space import validate
+
+    order = ["cheap", "bad_full"]
+    plain = run_order(ASHAScheduler(metric="val_accuracy", mode="max", **asha_args()), order)
+    per = run_order(ParetoASHA(cost=None, group_by="method", **asha_args()), order)
+    assert plain == {"cheap": 4, "bad_full": 1}  # 0.40 < 0.50 at the first rung
+    assert per == {"cheap": 4, "bad_full": 4}  # alone among its own method
+    for kind, cost in (("asha", None), ("pareto_asha", "trainable_params")):
+        space = tiny_space(tiny_bert, topics_tsv, tmp_path, methods=["lora"],
+                           scheduler={"type": kind, "per_method": True})  # fmt: skip
+        sched = make_scheduler(validate(space))
+        assert isinstance(sched, ParetoASHA)
+        assert (sched._group_by, sched._cost) == ("method", cost)
+    space = tiny_space(tiny_bert, topics_tsv, tmp_path, methods=["lora"])
+    assert isinstance(make_scheduler(validate(space)), ASHAScheduler)
+
+
 def _x(trial) -> None:
     trial.suggest_float("x", 0, 1)
 
