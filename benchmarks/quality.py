@@ -14,12 +14,13 @@ RoBERTa-base numbers are printed beside, as context for other, larger models.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, save, table  # noqa: E402
+from _common import RESULTS, parser, save, table  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {
@@ -85,6 +86,12 @@ def main() -> None:
     seeds = args.seeds or (2 if args.quick else 3)
     epochs = 1 if args.quick else 2
     rows, verdicts = [], {}
+    previous = RESULTS / "quality.json"
+    if not args.quick and previous.exists():
+        # Tasks run one at a time add to the results: keep the other tasks' figures.
+        old = json.loads(previous.read_text())
+        rows = [r for r in old["rows"] if r["task"] not in tasks]
+        verdicts = {t: v for t, v in old["verdicts"].items() if t not in tasks}
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.storage or tmp
         for task in tasks:
@@ -107,6 +114,7 @@ def main() -> None:
                 "under_1pct_within_1pt": bool(full is not None and small and max(small) >= full - 1),
                 "best_at_least_full": bool(full is not None and best >= full),
                 "published_context": PUBLISHED[task],
+                "train_cap": train, "trials": trials, "seeds": seeds, "epochs": epochs,
             }  # fmt: skip
             print(table(mine), flush=True)
             print(f"{task}: {verdicts[task]}\n", flush=True)

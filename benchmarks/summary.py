@@ -35,7 +35,8 @@ def lines() -> list[tuple[str, str, str, str]]:
                     "hand-written load + step", "one tokenization pass", "yes" if r["met"] else "no"))  # fmt: skip
     if r := _load("early_stopping"):
         rows = {x["scheduler"]: x for x in r["rows"]}
-        parts = [f"{s}: {x['compute_vs_none']:.2f}x compute, best {x['best_minus_none_points']:+.1f} pt"
+        parts = [f"{s}: {x['compute_vs_none']:.2f}x time ({x.get('rounds_vs_none', float('nan')):.2f}x "
+                 f"rounds), best {x['best_minus_none_points']:+.1f} pt"
                  for s, x in rows.items() if s != "none"]  # fmt: skip
         out.append(("early_stopping", "; ".join(parts), "best within 0.5 pt at ≤ 1/3 compute",
                     ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["met"].items())))  # fmt: skip
@@ -64,7 +65,31 @@ def lines() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def quality_lines() -> list[str]:
+    """Test accuracy per task and method (mean ± std over seeds), from quality.json."""
+    r = _load("quality")
+    if not r:
+        return []
+    caps = {
+        t: f"{v.get('train_cap', r['train_cap'])} training examples"
+        for t, v in r["verdicts"].items()
+    }
+    out = ["Quality: MiniLM, a Pareto search per task, then `confirm --per-method` (3 seeds, "
+           "test mean ± std); " + ", ".join(f"{t}: {c}" for t, c in caps.items()) + ".", "",
+           "| task | method | trainable % | test accuracy | published, other models |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    for task, v in r["verdicts"].items():
+        rows = sorted((x for x in r["rows"] if x["task"] == task), key=lambda x: x["trainable_%"])
+        for i, x in enumerate(rows):
+            context = v["published_context"] if i == 0 else ""
+            out.append(f"| {task} | {x['method']} | {x['trainable_%']:g} | "
+                       f"{x['test_acc_mean']:.2f} ± {x['test_acc_std']:.2f} | {context} |")  # fmt: skip
+    return out
+
+
 if __name__ == "__main__":
     print("| benchmark | measured | goal | met |\n|---|---|---|---|")
     for row in lines():
         print("| " + " | ".join(row) + " |")
+    if quality := quality_lines():
+        print("\n" + "\n".join(quality))

@@ -95,7 +95,7 @@ train:                        # shared knobs, each fixed or a distribution; defa
   learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
   epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
                               #   evals_per_epoch 4 (ASHA's time unit: one evaluation),
-                              #   gradient_checkpointing false (true: less memory, ~1/3 slower)
+                              #   gradient_checkpointing false (true: less memory, ~1.5x time)
 methods:                      # method -> its knobs (peftsearch methods), and shared overrides
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
 search:

@@ -37,7 +37,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 4
     # Recompute each encoder layer's activations in backward instead of keeping them:
-    # far less memory for about a third more compute.
+    # about 0.7x the peak memory of a MiniLM trial for about 1.5x the time on CPU.
     gradient_checkpointing: bool = False
     seed: int = 0
 
