@@ -329,13 +329,16 @@ def make_scheduler(space: Space):
         "grace_period": min(space.scheduler["grace_period"], space.max_t),
         "reduction_factor": space.scheduler["reduction_factor"],
     }
-    cost = "trainable_params" if kind == "pareto_asha" else None
-    if kind == "asha" and not space.scheduler.get("per_method"):
+    per_method = space.scheduler.get("per_method", False)
+    if kind == "asha" and not per_method:
         return ASHAScheduler(metric=space.metric, mode=space.mode, **args)
     if kind in ("asha", "pareto_asha"):
-        group_by = "method" if space.scheduler.get("per_method") else None
         return ParetoASHA(
-            metric=space.metric, mode=space.mode, cost=cost, group_by=group_by, **args
+            metric=space.metric,
+            mode=space.mode,
+            cost="trainable_params" if kind == "pareto_asha" else None,
+            group_by="method" if per_method else None,
+            **args,
         )
     return FIFOScheduler()
 
