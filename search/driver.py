@@ -150,6 +150,7 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
             seed=space.seed,
             max_train=space.max_train_samples,
             max_eval=space.max_eval_samples,
+            max_test=space.max_test_samples,
             progress=progress,
         )
     except DataError as e:

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "split": {"validation": 0.15, "test": 0.15},
         "max_train_samples": None,
         "max_eval_samples": None,
+        "max_test_samples": None,  # default: the whole test split
         "seed": 0,
         "feature_cache": True,
     },
@@ -87,8 +88,9 @@ experiment:
     columns: null             # names of a header-less CSV/TSV's columns: [text, label]
   max_length: 128             # tokens per example (> 0)
   split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
-  max_train_samples: null     # stratified caps (null: all)
-  max_eval_samples: null
+  max_train_samples: null     # stratified caps (null: all): training split,
+  max_eval_samples: null      #   validation split,
+  max_test_samples: null      #   test split (read only by confirm)
   seed: 0                     # splits, model init, data order
   feature_cache: true         # frozen-encoder methods train on features computed once
 train:                        # shared knobs, each fixed or a distribution; defaults:
@@ -277,6 +279,7 @@ class Space:
     split: dict[str, float]
     max_train_samples: int | None
     max_eval_samples: int | None
+    max_test_samples: int | None
     seed: int
     feature_cache: bool
     train: dict[str, Dist]
@@ -388,9 +391,9 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         ml = exp.get("max_length")
         if not (isinstance(ml, int) and not isinstance(ml, bool) and ml > 0):
             problems.append(("experiment.max_length", f"must be an integer > 0, got {ml!r}"))
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             v = exp.get(key)
-            if v is not None and not (isinstance(v, int) and v > 0):
+            if v is not None and not _is_count(v, 1):
                 problems.append((f"experiment.{key}", f"must be an integer > 0 or null, got {v!r}"))
         if not isinstance(exp.get("feature_cache"), bool):
             problems.append(
@@ -516,6 +519,7 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         },
         max_train_samples=exp.get("max_train_samples"),
         max_eval_samples=exp.get("max_eval_samples"),
+        max_test_samples=exp.get("max_test_samples"),
         seed=exp["seed"],
         feature_cache=exp["feature_cache"],
         train=train,

@@ -113,3 +113,34 @@ def test_unseen_validation_label_is_an_error(tmp_path, tiny_bert):
     )
     with pytest.raises(ValueError, match=r"\['rare'\] never occur in the training split"):
         prepare(spec, load_tokenizer(str(tiny_bert)), 16, validation=0.5, test=0.0, seed=seed)
+
+
+def test_eval_cap_is_for_validation_and_test_cap_for_test():
+    table = TextTable(
+        texts=[str(i) for i in range(500)], labels=np.arange(500) % 5, label_names=list("abcde")
+    )
+    full = split_indices(table, 0.2, 0.2, seed=3)
+    val_only = split_indices(table, 0.2, 0.2, seed=3, max_eval=20)
+    assert len(val_only["validation"]) == 20 and np.array_equal(val_only["test"], full["test"])
+    test_only = split_indices(table, 0.2, 0.2, seed=3, max_test=30)
+    assert len(test_only["test"]) == 30 and set(test_only["test"]) <= set(full["test"])
+    assert np.array_equal(test_only["validation"], full["validation"])
+    assert np.bincount(table.labels[test_only["test"]]).tolist() == [6] * 5
+
+
+def test_max_test_samples_reaches_the_test_split(tmp_path, tiny_bert, topics_tsv):
+    from conftest import tiny_space
+
+    from search.driver import prepare_data
+    from search.space import validate
+
+    raw = tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")
+    raw["experiment"].update(max_eval_samples=12, max_test_samples=30)
+    data = prepare_data(validate(raw), progress=False)
+    # 480 rows, 20% each: validation capped at 12, test at 30, train untouched
+    assert {k: len(v) for k, v in data.splits.items()} == {
+        "train": 288,
+        "validation": 12,
+        "test": 30,
+    }
+    assert validate(tiny_space(tiny_bert, topics_tsv, tmp_path)).max_test_samples is None

@@ -284,11 +284,13 @@ def split_indices(
     seed: int,
     max_train: int | None = None,
     max_eval: int | None = None,
+    max_test: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fixed stratified train/validation/test indices from a seed.
 
     The test split is carved first, so changing ``max_train`` never moves an
-    example between test and train.
+    example between test and train. ``max_eval`` caps the validation split,
+    ``max_test`` the test split (None: all of it).
     """
     if table.given_splits and "train" in table.given_splits:
         out = {k: v for k, v in table.given_splits.items()}
@@ -308,7 +310,7 @@ def split_indices(
             "train": order[n_test + n_val :],
         }
     # Caps keep a stratified prefix of each split.
-    for split, cap in (("train", max_train), ("validation", max_eval), ("test", max_eval)):
+    for split, cap in (("train", max_train), ("validation", max_eval), ("test", max_test)):
         if cap and split in out and len(out[split]) > cap:
             idx = out[split]
             out[split] = idx[stratified_order(table.labels[idx], seed + 1)[:cap]]
@@ -347,10 +349,11 @@ def prepare(
     max_train: int | None = None,
     max_eval: int | None = None,
     progress: bool = False,
+    max_test: int | None = None,
 ) -> PreparedData:
     """Load, split and tokenize: the one tokenization pass of a search."""
     table = load_table(spec)
-    idx = split_indices(table, validation, test, seed, max_train, max_eval)
+    idx = split_indices(table, validation, test, seed, max_train, max_eval, max_test)
     for name in ("train", "validation"):
         if len(idx.get(name, ())) == 0:
             raise DataError(
