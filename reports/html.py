@@ -20,7 +20,9 @@ from reports.pareto import (
     curve_data,
     knob_effects,
     knob_summary,
+    metric_label,
     pareto_table,
+    ranking,
     run_metadata,
     scatter_data,
 )
@@ -53,6 +55,7 @@ def pareto_figure(trials: pd.DataFrame):
     import plotly.graph_objects as go
 
     data = scatter_data(trials)
+    label = metric_label(data["metric"])
     colors = _colors(data["methods"])
     fig = go.Figure()
     xs_params, xs_pct = [], []
@@ -93,9 +96,9 @@ def pareto_figure(trials: pd.DataFrame):
     xs_params.append(front["x"])
     xs_pct.append([100 * f for f in front["fraction"]])
     fig.update_layout(
-        title="Trainable parameters vs validation accuracy (hollow: stopped early)",
+        title=f"Trainable parameters vs {label} (hollow: stopped early)",
         xaxis={"title": "trainable parameters", "type": "log"},
-        yaxis={"title": "best validation accuracy"},
+        yaxis={"title": f"best {label}"},
         template="plotly_white",
         height=520,
         updatemenus=[
@@ -236,9 +239,10 @@ def knobs_figure(trials: pd.DataFrame, knobs: list[str]):
         numeric = all(isinstance(v, (int, float)) for p in effects[knob].values() for v in p["x"])
         if knob in LOG_KNOBS and numeric:
             fig.update_xaxes(type="log", row=r, col=c)
-    fig.update_yaxes(title_text="val accuracy", col=1)
+    label = metric_label(ranking(trials)[0])
+    fig.update_yaxes(title_text=label, col=1)
     fig.update_layout(
-        title="Knob effects: best validation accuracy against each searched knob",
+        title=f"Knob effects: best {label} against each searched knob",
         template="plotly_white",
         height=300 * rows + 80,
     )
@@ -267,11 +271,12 @@ def _fmt(v) -> str:
 
 def _best_table(trials: pd.DataFrame) -> pd.DataFrame:
     best = best_per_method(trials)
+    metric, _ = ranking(trials)
     return pd.DataFrame(
         {
             "method": best["method"],
             "trial_id": best["trial_id"],
-            "val_accuracy": best["val_accuracy"].round(4),
+            metric: best[metric].round(4),
             "trainable_params": best["trainable_params"].astype("int64"),
             "trainable_%": (100 * best["trainable_fraction"]).round(3),
             "wall_time_s": best["wall_time_s"].round(1),
@@ -387,7 +392,7 @@ code {{ font-size: 0.85em; }}
 </head><body>
 <h1>peftsearch: {t}</h1>
 {table_html(_summary(trials))}
-<h2>Pareto front: trainable parameters vs accuracy</h2>
+<h2>Pareto front: trainable parameters vs {html.escape(metric_label(ranking(trials)[0]))}</h2>
 {divs["pareto"]}
 <p>Static copy: <code>pareto.svg</code> beside this file.</p>
 <h3>Pareto-optimal trials</h3>

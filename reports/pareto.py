@@ -9,21 +9,49 @@ import pandas as pd
 
 # Keys of a trial's config that are not knobs worth showing.
 _HIDDEN = {"method", "eval_batch_size", "seed"}
+# Runs written before the ranking metric was recorded ranked by validation accuracy.
+DEFAULT_RANKING = ("val_accuracy", "max")
+
+
+def ranking(df: pd.DataFrame) -> tuple[str, str]:
+    """The run's ranking metric and its mode (``max`` / ``min``), as trials.parquet records them.
+
+    The search's first objective: its best round is the one value every
+    figure, table, export and confirmation ranks trials by.
+    """
+    if "metric" in df and "metric_mode" in df and df["metric"].notna().any():
+        return str(df["metric"].dropna().iloc[0]), str(df["metric_mode"].dropna().iloc[0])
+    return DEFAULT_RANKING
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name for axis titles: ``val_loss`` -> ``validation loss``."""
+    return metric.replace("val_", "validation ", 1).replace("_", " ")
+
+
+def rank(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a value of the ranking metric, best first (the earlier row on a tie)."""
+    metric, mode = ranking(df)
+    data = df.dropna(subset=[metric])
+    return data.sort_values(metric, ascending=mode == "min", kind="stable")
 
 
 def pareto_front(
     df: pd.DataFrame,
     x: str = "trainable_params",
-    y: str = "val_accuracy",
+    y: str | None = None,
     x_better: str = "min",
-    y_better: str = "max",
+    y_better: str | None = None,
 ) -> pd.DataFrame:
     """The rows no other row beats on both ``x`` and ``y``, sorted by ``x``.
 
+    ``y`` defaults to the run's ranking metric, in its mode (:func:`ranking`).
     A row is dominated when another is at least as good on both objectives
     and strictly better on one. Rows missing either value are ignored; of
     exact duplicates, the first is kept.
     """
+    if y is None:
+        y, y_better = ranking(df)
     data = df.dropna(subset=[x, y])
     if data.empty:
         return data
@@ -53,13 +81,10 @@ def knob_summary(config_json: str | None) -> str:
     return ", ".join(parts)
 
 
-def best_per_method(df: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
-    """The best trial of each method (by ``metric``, higher is better)."""
-    data = df.dropna(subset=[metric])
-    if data.empty:
-        return data
-    idx = data.groupby("method")[metric].idxmax()
-    return data.loc[idx].sort_values(metric, ascending=False)
+def best_per_method(df: pd.DataFrame) -> pd.DataFrame:
+    """The best trial of each method by the ranking metric, best method first."""
+    ranked = rank(df)
+    return ranked.drop_duplicates("method", keep="first")
 
 
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +95,7 @@ def healthy(df: pd.DataFrame) -> pd.DataFrame:
 def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     """The Pareto-optimal trials (failed ones aside) as a table for the terminal and the report."""
     front = pareto_front(healthy(df))
+    metric, _ = ranking(df)
     return pd.DataFrame(
         {
             "trial_id": front["trial_id"],
@@ -77,19 +103,21 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
             "knobs": front["knobs_json"].map(knob_summary),
             "trainable_params": front["trainable_params"].astype("int64"),
             "trainable_%": (100 * front["trainable_fraction"]).round(3),
-            "val_accuracy": front["val_accuracy"].round(4),
+            metric: front[metric].round(4),
         }
     ).reset_index(drop=True)
 
 
 def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
-    """Points per method (x = trainable params, y = best val accuracy) and the frontier."""
-    data = df.dropna(subset=["trainable_params", "val_accuracy"])
+    """Points per method (x = trainable params, y = the best round of the ranking metric)
+    and the frontier."""
+    metric, _ = ranking(df)
+    data = df.dropna(subset=["trainable_params", metric])
     methods = {}
     for method, group in data.groupby("method", sort=True):
         methods[method] = {
             "x": group["trainable_params"].astype(float).tolist(),
-            "y": group["val_accuracy"].astype(float).tolist(),
+            "y": group[metric].astype(float).tolist(),
             "fraction": group["trainable_fraction"].astype(float).tolist(),
             "stopped": group["stopped_early"].astype(bool).tolist(),
             "trial_id": group["trial_id"].tolist(),
@@ -97,10 +125,11 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
         }
     front = pareto_front(healthy(data))
     return {
+        "metric": metric,
         "methods": methods,
         "frontier": {
             "x": front["trainable_params"].astype(float).tolist(),
-            "y": front["val_accuracy"].astype(float).tolist(),
+            "y": front[metric].astype(float).tolist(),
             "fraction": front["trainable_fraction"].astype(float).tolist(),
             "trial_id": front["trial_id"].tolist(),
         },
@@ -178,9 +207,10 @@ def compute_data(trials: pd.DataFrame) -> dict[str, Any]:
 
 
 def knob_effects(trials: pd.DataFrame, knobs: list[str]) -> dict[str, dict[str, dict]]:
-    """For each knob that varies: per method, (value, best validation accuracy) points."""
+    """For each knob that varies: per method, (value, best round of the ranking metric) points."""
     out: dict[str, dict[str, dict]] = {}
-    data = healthy(trials).dropna(subset=["val_accuracy"])
+    metric, _ = ranking(trials)
+    data = healthy(trials).dropna(subset=[metric])
     for knob in knobs:
         if knob not in data or data[knob].dropna().nunique() < 2:
             continue
@@ -188,7 +218,7 @@ def knob_effects(trials: pd.DataFrame, knobs: list[str]) -> dict[str, dict[str, 
         for method, g in data.dropna(subset=[knob]).groupby("method", sort=True):
             per[method] = {
                 "x": g[knob].tolist(),
-                "y": g["val_accuracy"].astype(float).tolist(),
+                "y": g[metric].astype(float).tolist(),
                 "trial_id": g["trial_id"].tolist(),
             }
         out[knob] = per

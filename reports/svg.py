@@ -1,7 +1,7 @@
 """A static SVG of the Pareto plot, for papers and slides (no browser, no kaleido).
 
 Drawn from the same :func:`reports.pareto.scatter_data` as the interactive
-figure: trainable parameters on a log x axis, validation accuracy on y, one
+figure: trainable parameters on a log x axis, the ranking metric on y, one
 colour per method, hollow markers for trials stopped early, the frontier as
 a dashed step line.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from html import escape
 from typing import Any
+
+from reports.pareto import metric_label
 
 W, H = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50
@@ -58,7 +60,7 @@ def pareto_svg(data: dict[str, Any], colors: dict[str, str], title: str) -> str:
             if prev is not None:
                 pts.append(
                     f"{sx(x):.1f},{sy(prev):.1f}"
-                )  # step: hold accuracy until the next point
+                )  # step: hold the metric until the next point
             pts.append(f"{sx(x):.1f},{sy(y):.1f}")
             prev = y
         parts.append(
@@ -83,9 +85,10 @@ def pareto_svg(data: dict[str, Any], colors: dict[str, str], title: str) -> str:
         f"<text x='{LEFT + pw / 2}' y='{H - 10}' text-anchor='middle' font-size='13'>"
         "trainable parameters (log scale)</text>"
     )
+    label = metric_label(data.get("metric", "val_accuracy"))
     parts.append(
         f"<text x='16' y='{TOP + ph / 2}' text-anchor='middle' font-size='13' "
-        f"transform='rotate(-90 16 {TOP + ph / 2})'>best validation accuracy</text>"
+        f"transform='rotate(-90 16 {TOP + ph / 2})'>best {escape(label)}</text>"
     )
     return _frame(title, "\n".join(parts))
 

@@ -22,26 +22,39 @@ CONFIRM_FILE = "confirm.parquet"
 
 
 def choose(trials: pd.DataFrame, top: int | None, per_method: bool = False) -> pd.DataFrame:
-    """The Pareto-optimal trials (failed ones aside), the ``top`` best by validation
-    accuracy, or (``per_method``) the best trial of each method."""
-    from reports.pareto import best_per_method, healthy, pareto_front
+    """The Pareto-optimal trials (failed ones aside), the ``top`` best by the run's
+    ranking metric, or (``per_method``) the best trial of each method."""
+    from reports.pareto import best_per_method, healthy, pareto_front, rank
 
-    ok = healthy(trials).dropna(subset=["val_accuracy"])
+    ok = rank(healthy(trials))
     if per_method:
         return best_per_method(ok)
     if top:
-        return ok.sort_values("val_accuracy", ascending=False).head(top)
+        return ok.head(top)
     return pareto_front(ok)
 
 
-def _one(flat: dict[str, Any], data, model_name: str, cpus: int) -> dict[str, Any]:
+def _one(
+    flat: dict[str, Any], data, model_name: str, cpus: int, metric: str, mode: str
+) -> dict[str, Any]:
     """One retraining run (a Ray task): train, select on validation, evaluate on test once."""
     from trainables.trial import run_trial
 
     started = time.perf_counter()
-    out = run_trial(flat, data, model_name, lambda m, g: None, cpus=cpus, test=True)
-    keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params", "total_params")
-    return {**{k: out[k] for k in keep}, "wall_time_s": time.perf_counter() - started}
+    rounds: list[tuple[int, float]] = []  # (step, ranking metric) of every validation round
+
+    def on_eval(metrics: dict, get_state) -> None:
+        rounds.append((metrics["step"], metrics[metric]))
+
+    out = run_trial(flat, data, model_name, on_eval, cpus=cpus, test=True, metric=metric, mode=mode)
+    keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
+            "total_params", "test_step", "test_evaluations")  # fmt: skip
+    return {
+        **{k: out[k] for k in keep},
+        "best_val_metric": out["best_score"],
+        "val_rounds_json": json.dumps(rounds),
+        "wall_time_s": time.perf_counter() - started,
+    }
 
 
 def confirm(
@@ -95,7 +108,9 @@ def confirm(
     for (_, row), flat in zip(chosen.iterrows(), configs):
         for i in range(seeds):
             run = {**flat, "seed": space.seed + i}
-            ref = task.remote(run, data_ref, space.model, max(1, int(cpus)))
+            ref = task.remote(
+                run, data_ref, space.model, max(1, int(cpus)), space.metric, space.mode
+            )
             jobs[ref] = (row, i)
     if not quiet:
         print(
@@ -109,6 +124,8 @@ def confirm(
             "trial_id": row["trial_id"],
             "method": row["method"],
             "seed": space.seed + i,
+            "metric": space.metric,
+            "val_metric_search": row[space.metric],
             "val_accuracy_search": row["val_accuracy"],
             "knobs_json": row["knobs_json"],
             "config_json": row["config_json"],
@@ -127,8 +144,9 @@ def confirm(
                 flush=True,
             )
     df = pd.DataFrame(rows)
-    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
-                "total_params", "wall_time_s"):  # fmt: skip
+    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
+                "trainable_params", "total_params", "test_step", "test_evaluations",
+                "val_rounds_json", "wall_time_s"):  # fmt: skip
         if col not in df:
             df[col] = None
     df["run_name"] = run_dir.name

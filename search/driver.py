@@ -368,6 +368,8 @@ def build_tuner(
             data=data.without("test"),
             model_name=space.model,
             cpus=max(1, int(cpus)),
+            metric=space.metric,
+            mode=space.mode,
         ),
         {"cpu": cpus, "gpu": space.resources["gpu"]},
     )
@@ -416,7 +418,7 @@ def build_tuner(
     )
 
 
-def prune_checkpoints(run_dir: Path) -> dict[str, float]:
+def prune_checkpoints(run_dir: Path, metric: str, mode: str) -> dict[str, float]:
     """Keep only each trial's best checkpoint once a run is over; return the disk use.
 
     Ray keeps the best checkpoint and the latest (to resume from); a finished
@@ -437,7 +439,7 @@ def prune_checkpoints(run_dir: Path) -> dict[str, float]:
         ckpts = sorted(trial_dir.glob("checkpoint_*"))
         if len(ckpts) < 2:
             continue  # (the state files are slimmed below)
-        best = best_of(ckpts)  # the one export takes
+        best = best_of(ckpts, metric, mode)  # the one export takes
         for c in ckpts:
             if c != best:
                 shutil.rmtree(c, ignore_errors=True)
@@ -537,7 +539,7 @@ def run(
     out_of_time = budget is not None and time.time() - fit_started >= budget
     complete = not interrupted and (done >= space.num_trials or out_of_time)
     res.complete = complete
-    disk = prune_checkpoints(paths.run_dir) if complete else {}
+    disk = prune_checkpoints(paths.run_dir, space.metric, space.mode) if complete else {}
     res.disk = disk
     write_json_atomic(
         paths.run_dir / RUN_FILE,

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports.pareto import rank, ranking
 from search.results import TRIALS_FILE
 from trainables.trial import CHECKPOINT_FILE, CHECKPOINT_META, split_config
 
 
 def pick_trial(trials: pd.DataFrame, trial_id: str | None) -> pd.Series:
-    """The trial named ``trial_id``, or the best one (highest validation accuracy)."""
+    """The trial named ``trial_id``, or the best one by the run's ranking metric."""
     if trial_id is not None:
         rows = trials[trials["trial_id"] == trial_id]
         if rows.empty:
@@ -21,27 +22,33 @@ def pick_trial(trials: pd.DataFrame, trial_id: str | None) -> pd.Series:
                 f"--trial {trial_id}: no such trial; trials: {sorted(trials['trial_id'])}"
             )
         return rows.iloc[0]
-    done = trials.dropna(subset=["val_accuracy"])
-    if done.empty:
-        raise ValueError("--best: no trial reported a validation accuracy")
-    return done.loc[done["val_accuracy"].idxmax()]
+    ranked = rank(trials)
+    if ranked.empty:
+        raise ValueError(f"--best: no trial reported {ranking(trials)[0]}")
+    return ranked.iloc[0]
 
 
-def best_checkpoint(run_dir: Path, trial_id: str) -> Path:
-    """The kept checkpoint of a trial with the highest validation accuracy."""
+def best_checkpoint(run_dir: Path, trial_id: str, metric: str, mode: str) -> Path:
+    """The kept checkpoint of a trial at its best round of ``metric``."""
     dirs = [d for d in run_dir.glob(f"*_{trial_id}_*") if d.is_dir()]
     found = [c for d in dirs for c in d.glob("checkpoint_*") if (c / CHECKPOINT_FILE).exists()]
     if not found:
         raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run_dir}")
-    return best_of(found)
+    return best_of(found, metric, mode)
 
 
-def best_of(checkpoints: list[Path]) -> Path:
-    """The checkpoint with the best validation accuracy (the earliest, on a tie)."""
+def best_of(checkpoints: list[Path], metric: str, mode: str) -> Path:
+    """The checkpoint at the best round of ``metric`` in ``mode`` (the earliest, on a tie).
+
+    The one rule for "a trial's best checkpoint": what export takes and what
+    the end-of-run pruning keeps.
+    """
+    sign = 1.0 if mode == "max" else -1.0
 
     def score(c: Path) -> tuple[float, int]:
         meta = checkpoint_meta(c)
-        return (meta.get("val_accuracy", -1.0), -meta.get("step", 0))
+        value = meta.get(metric)
+        return (-float("inf") if value is None else sign * value, -meta.get("step", 0))
 
     return max(checkpoints, key=score)
 
@@ -61,7 +68,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
     run_dir = Path(run_dir)
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     row = pick_trial(trials, trial_id)
-    ckpt = best_checkpoint(run_dir, row["trial_id"])
+    ckpt = best_checkpoint(run_dir, row["trial_id"], *ranking(trials))
     run = json.loads((run_dir / "run.json").read_text())
     labels = run.get("data", {}).get("label_names")
     if not labels:

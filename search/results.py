@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from reports.atomic import atomic_write
+from reports.pareto import DEFAULT_RANKING
 from trainables.methods import METHODS
 from trainables.trial import SHARED_KEYS, flat_config
 
@@ -102,6 +103,7 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
     """
     from ray.tune import ExperimentAnalysis
 
+    metric, mode = (space.metric, space.mode) if space is not None else DEFAULT_RANKING
     analysis = ExperimentAnalysis(str(run_dir), trials=live_trials)
     frames = analysis.trial_dataframes
     trials, curves = [], []
@@ -111,10 +113,13 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
         if df is not None and "training_iteration" in df:
             # A trial retried from a checkpoint may report a round twice: keep the later one.
             df = df.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
-        has_rows = df is not None and len(df) > 0 and "val_accuracy" in df
+        has_rows = df is not None and len(df) > 0 and metric in df
         last = trial.last_result or {}
         iterations = int(df["training_iteration"].max()) if has_rows else 0
         planned = last.get("planned_iterations")
+        # The best round of the ranking metric (the earliest, on a tie): what every consumer
+        # ranks this trial by (Optuna, the front, the report, export, confirm).
+        best = (df[metric].idxmax() if mode == "max" else df[metric].idxmin()) if has_rows else None
         row = {
             "trial_id": trial.trial_id,
             "method": config["method"],
@@ -124,7 +129,9 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
             "trainable_fraction": last.get("trainable_fraction"),
             "val_accuracy": float(df["val_accuracy"].max()) if has_rows else None,
             "val_accuracy_last": float(df["val_accuracy"].iloc[-1]) if has_rows else None,
-            "val_loss_best": float(df["val_loss"].min()) if has_rows else None,
+            "val_loss": float(df["val_loss"].min()) if has_rows else None,
+            "val_loss_last": float(df["val_loss"].iloc[-1]) if has_rows else None,
+            "best_iteration": int(df["training_iteration"][best]) if has_rows else None,
             "iterations": iterations,
             "planned_iterations": planned,
             # Terminated before its planned evaluations without an error: the scheduler stopped it.
@@ -187,7 +194,9 @@ def collect(
     for key, value in meta.items():
         trials_df[key] = value
         curves_df[key] = value
-    trials_df = trials_df.astype({"iterations": "int64", "stopped_early": "bool"})
+    trials_df = trials_df.astype(
+        {"iterations": "int64", "stopped_early": "bool", "best_iteration": "Int64"}
+    )
     result = RunResults(run_dir=run_dir, trials=trials_df, curves=curves_df)
     if write:
         write_parquet_atomic(trials_df, run_dir / TRIALS_FILE)
@@ -201,7 +210,8 @@ def collect(
 def _trial_columns() -> list[str]:
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
-        "val_accuracy", "val_accuracy_last", "val_loss_best", "iterations", "planned_iterations",
+        "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", "best_iteration",
+        "iterations", "planned_iterations",
         "stopped_early", "wall_time_s", "feature_cache", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
@@ -211,6 +221,7 @@ def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
     meta: dict[str, Any] = {"run_name": run_dir.name}
     if space is not None:
         meta.update(model=space.model, dataset=space.dataset.describe(), seed=space.seed)
+        meta.update(metric=space.metric, metric_mode=space.mode)  # see reports.pareto.ranking
         meta["resources"] = json.dumps(space.resources)
     if data is not None:
         meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})

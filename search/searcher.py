@@ -50,11 +50,38 @@ class PeftOptunaSearch(OptunaSearch):
     told as PRUNED: single-objective TPE still ranks it by its intermediate
     values (reported per round), and it never enters a Pareto front. A trial
     that errored is FAILED even if it had reported results.
+
+    A completed trial is told the *best* round of the ranking metric (the
+    first objective, in its mode), the one value every other consumer of a
+    run ranks by; ``OptunaSearch`` would tell the last round.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._best: dict[str, float] = {}  # trial id -> its best round of the ranking metric
+
+    def _ranking(self) -> tuple[str, str]:
+        """The validation metric (the first objective) and its mode."""
+        metric, mode = self.metric, self.mode
+        return (metric[0], mode[0]) if isinstance(metric, list) else (metric, mode)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Keep each trial's best round of the ranking metric: what Optuna is told at the end.
+        metric, mode = self._ranking()
+        if metric in result:
+            value, prev = result[metric], self._best.get(trial_id)
+            if prev is None or (value > prev if mode == "max" else value < prev):
+                self._best[trial_id] = value
+        return super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         import optuna
 
+        best = self._best.get(trial_id)
+        if result and best is not None:
+            # The best round, not the last: the value trials.parquet, the Pareto front, the
+            # report, export and confirm rank by (Tune hands over the last result).
+            result = {**result, self._ranking()[0]: best}
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         planned = (result or {}).get("planned_iterations")

@@ -59,8 +59,24 @@ class TrainConfig:
 
     @property
     def planned_evals(self) -> int:
-        """Evaluation rounds of a full run: ASHA's ``max_t`` is measured in these."""
+        """Evaluation rounds asked for: ASHA's ``max_t`` is measured in these.
+
+        A trial with fewer training steps than this runs fewer rounds: see
+        :func:`eval_steps`, whose length is what a trial plans to report.
+        """
         return self.epochs * self.evals_per_epoch
+
+
+def eval_steps(n_train: int, cfg: TrainConfig) -> list[int]:
+    """The global steps after which a trial evaluates (the last one ends training).
+
+    ``planned_evals`` rounds spread evenly over the run; with fewer steps than
+    rounds, several would fall on one step and are merged, so the length of
+    this list - not ``planned_evals`` - is the number of rounds a trial reports.
+    """
+    total = math.ceil(n_train / cfg.batch_size) * cfg.epochs
+    rounds = range(1, cfg.planned_evals + 1)
+    return sorted({max(1, round(k * total / cfg.planned_evals)) for k in rounds})
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -191,10 +207,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_ratio * total)
-    # Evaluation after these global steps (the last one ends training).
-    eval_steps = sorted(
-        {round(k * total / cfg.planned_evals) for k in range(1, cfg.planned_evals + 1)}
-    )
+    evals = eval_steps(len(train_data), cfg)
 
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -234,7 +247,7 @@ def train(
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
 
-        if step in eval_steps:
+        if step in evals:
             metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id)
             best = max(best, metrics["val_accuracy"])
             metrics.update(

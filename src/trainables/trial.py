@@ -18,7 +18,14 @@ import torch
 
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
-from trainables.loop import EvalCallback, TrainConfig, evaluate, train, trainable_state
+from trainables.loop import (
+    EvalCallback,
+    TrainConfig,
+    eval_steps,
+    evaluate,
+    train,
+    trainable_state,
+)
 from trainables.methods import apply_method, get_method
 from trainables.model import count_parameters, load_classifier, set_threads
 
@@ -73,16 +80,21 @@ def run_trial(
     cpus: int = 1,
     resume: dict | None = None,
     test: bool = False,
+    metric: str = "val_accuracy",
+    mode: str = "max",
 ) -> dict[str, Any]:
     """Train one configuration; every evaluation goes to ``on_eval``.
 
     The metrics handed to ``on_eval`` carry the method, the parameter counts
-    and ``planned_iterations`` (evaluations of an uninterrupted run), so a
-    reader can tell a trial cut short by early stopping from a finished one,
-    and ``data_splits``: the splits this trial was given (a search never
-    gives the test split). With ``test`` (``peftsearch confirm`` only), the
-    evaluation with the best validation accuracy is evaluated once on the
-    test split: ``test_accuracy`` and ``test_loss`` in the result.
+    and ``planned_iterations`` (the evaluation rounds this trial schedules),
+    so a reader can tell a trial cut short by early stopping from a finished
+    one, and ``data_splits``: the splits this trial was given (a search never
+    gives the test split). ``metric`` / ``mode`` name the search's ranking
+    metric: the result's ``best_score`` and ``best_step`` are its best round
+    (the earliest, on a tie). With ``test`` (``peftsearch confirm`` only),
+    that round's parameters are evaluated once on the test split:
+    ``test_accuracy``, ``test_loss``, ``test_step`` (the round's step) and
+    ``test_evaluations`` (1) in the result.
     """
     if test and "test" not in data.splits:
         raise ValueError("test=True needs data with a test split")
@@ -104,27 +116,35 @@ def run_trial(
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / total,
-        "planned_iterations": cfg.planned_evals,
+        "planned_iterations": len(eval_steps(len(data.splits["train"]), cfg)),
         "feature_cache": cached,
         "data_splits": given,
         "setup_s": time.perf_counter() - started,
     }
-    best: dict[str, Any] = {"val_accuracy": -1.0, "state": None}
+    best: dict[str, Any] = {"score": None, "step": None, "state": None}
 
     def report(metrics: dict, get_state) -> None:
-        if test and metrics["val_accuracy"] > best["val_accuracy"]:
-            best.update(val_accuracy=metrics["val_accuracy"], state=trainable_state(model))
+        score, prev = metrics[metric], best["score"]
+        if prev is None or (score > prev if mode == "max" else score < prev):
+            best.update(score=score, step=metrics["step"])
+            if test:
+                best["state"] = trainable_state(model)
         on_eval({**metrics, **fixed}, get_state)
 
     last = train(
         model, data.splits["train"], data.splits["validation"], cfg, pad_id, report, resume
     )
-    out = {**last, **fixed}
+    out = {**last, **fixed, "best_score": best["score"], "best_step": best["step"]}
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
         model.load_state_dict(best["state"], strict=False)
         scores = evaluate(model, data.splits["test"], cfg.eval_batch_size, pad_id)
-        out.update(test_accuracy=scores["val_accuracy"], test_loss=scores["val_loss"])
+        out.update(
+            test_accuracy=scores["val_accuracy"],
+            test_loss=scores["val_loss"],
+            test_step=best["step"],
+            test_evaluations=1,
+        )
     model = None  # free it before the caller's next trial (a GPU keeps memory otherwise)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
@@ -173,7 +193,14 @@ def _injected_fault(method: str, iteration: int, restored: bool) -> None:
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
-def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, cpus: int) -> None:
+def tune_trainable(
+    config: dict[str, Any],
+    data: PreparedData,
+    model_name: str,
+    cpus: int,
+    metric: str = "val_accuracy",
+    mode: str = "max",
+) -> None:
     """The Ray Tune function trainable.
 
     Each evaluation is reported with a checkpoint of the trainable parameters
@@ -214,4 +241,4 @@ def tune_trainable(config: dict[str, Any], data: PreparedData, model_name: str, 
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         _injected_fault(flat["method"], rounds, restored=resume is not None)
 
-    run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume)
+    run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume, metric=metric, mode=mode)
