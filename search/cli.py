@@ -265,8 +265,8 @@ def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], l
 
 
 def cmd_trial(args) -> int:
-    from search.driver import prepare_data
-    from search.space import load_space
+    from search.driver import max_length_problems, prepare_data
+    from search.space import SpaceError, load_space
     from trainables.features import uses_cache
     from trainables.model import load_config
     from trainables.trial import run_trial, split_config
@@ -276,10 +276,16 @@ def cmd_trial(args) -> int:
     if exp:
         space = load_space(args.space, exp)
     method, knobs, _ = split_config(flat)
-    cache = space.feature_cache and uses_cache(method, knobs, load_config(space.model))
+    config = load_config(space.model)
+    if max_length_problems(space, config):
+        raise SpaceError(space.source, max_length_problems(space, config))
+    cache = space.feature_cache and uses_cache(method, knobs, config)
     data = prepare_data(space, progress=not args.json, features=cache)
 
+    rounds: list[dict[str, Any]] = []
+
     def on_eval(metrics: dict, get_state) -> None:
+        rounds.append({k: metrics[k] for k in ("step", "epoch", "val_loss", "val_accuracy")})
         if not args.json:
             print(
                 f"epoch {metrics['epoch']:.2f}  train_loss {metrics['train_loss']:.4f}  "
@@ -295,6 +301,7 @@ def cmd_trial(args) -> int:
         **out,
         "val_accuracy_last": out["val_accuracy"],
         "val_accuracy": out["best_val_accuracy"],
+        "rounds": rounds,  # every evaluation, in order
     }
     if args.json:
         print(json.dumps(result, default=str))
@@ -307,10 +314,17 @@ def cmd_trial(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from search.driver import check_fit, check_resources, prepare_data
+    from search.driver import (
+        check_fit,
+        check_resources,
+        check_storage,
+        dropped_text,
+        prepare_data,
+    )
     from search.space import load_space
 
     space = load_space(args.space, args.set)
+    check_storage(space, space.storage, space.name)
     check_resources(space, None)
     check_fit(space)
     data = prepare_data(space, progress=False)
@@ -321,6 +335,8 @@ def cmd_validate(args) -> int:
         f"max_t {space.max_t} evaluation rounds"
     )
     print(f"  data: {data.meta['dataset']} ({sizes}; labels {data.label_names})")
+    if data.meta.get("dropped_rows"):
+        print(f"  data: {dropped_text(data.meta)}")
     for method in space.methods:
         knobs = space.method_space(method)
         searched = ", ".join(f"{k} ({d.kind})" for k, d in knobs.items() if d.kind != "fixed")
@@ -406,8 +422,9 @@ def cmd_results(args) -> int:
 
 def cmd_report(args) -> int:
     from reports.html import write_report
+    from search.results import require_run
 
-    path = write_report(Path(args.run_dir), args.output)
+    path = write_report(require_run(args.run_dir), args.output)
     print(path)
     return 0
 

@@ -109,7 +109,7 @@ def check_fit(space: Space):
         raise SpaceError(
             space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]
         ) from None
-    problems: list[tuple[str, str]] = []
+    problems = max_length_problems(space, config)
     for method in space.methods:
         for knobs in space.knob_variants(method):
             try:
@@ -123,6 +123,75 @@ def check_fit(space: Space):
     if problems:
         raise SpaceError(space.source, problems)
     return config
+
+
+# Models whose position ids start after the padding index (RoBERTa's scheme):
+# max_position_embeddings - pad_token_id - 1 positions are usable.
+PADDING_OFFSET_MODELS = (
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+    "roberta-prelayernorm",
+    "longformer",
+    "ibert",
+    "mpnet",
+)
+
+
+def max_positions(config) -> int | None:
+    """The longest input, in tokens, the model's positions allow; None: no absolute limit.
+
+    RoBERTa-style models lose ``pad_token_id + 1`` positions to the padding
+    offset (514 -> 512); rotary models (ModernBERT) take
+    ``max_position_embeddings`` as is; DeBERTa with ``position_biased_input``
+    false has only relative positions (no absolute embedding table to overrun).
+    """
+    n = getattr(config, "max_position_embeddings", None)
+    kind = getattr(config, "model_type", "")
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if kind in ("deberta", "deberta-v2") and not getattr(config, "position_biased_input", True):
+        return None
+    if kind in PADDING_OFFSET_MODELS:
+        return n - (getattr(config, "pad_token_id", None) or 0) - 1
+    return n
+
+
+def max_length_problems(space: Space, config) -> list[tuple[str, str]]:
+    """experiment.max_length beyond the model's positions: a crash after tokenizing, found here."""
+    limit = max_positions(config)
+    if limit is None or space.max_length <= limit:
+        return []
+    return [
+        (
+            "experiment.max_length",
+            f"{space.max_length} tokens, but the model has {limit} positions "
+            f"({getattr(config, 'model_type', '?')}, max_position_embeddings "
+            f"{config.max_position_embeddings}): set max_length to {limit} or less",
+        )
+    ]
+
+
+def check_storage(space: Space, storage: str, name: str | None = None, key: str = "storage"):
+    """The run folder can be made and written: its nearest existing folder is writable.
+
+    Local paths only (a URI such as s3:// is left to Ray); creates nothing.
+    """
+    if "://" in storage:
+        return
+    target = Path(os.path.abspath(Path(storage).expanduser() / (name or "")))
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        msg = f"{storage}: {probe} is not a folder, so {target} cannot be made: choose another"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        msg = f"{storage}: {probe} is not writable, so {target} cannot be made: choose another"
+    else:
+        return
+    raise SpaceError(space.source, [(key, f"{msg} storage (or --storage)")])
 
 
 def wants_features(space: Space, config) -> bool:
@@ -163,6 +232,8 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
             f"tokenized once in {data.meta['tokenize_s']} s",
             flush=True,
         )
+        if data.meta.get("dropped_rows"):
+            print(f"data: {dropped_text(data.meta)}", flush=True)
     if features:
         from trainables.features import add_features
 
@@ -176,6 +247,15 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
                 flush=True,
             )
     return data
+
+
+def dropped_text(meta: dict) -> str:
+    """What ``drop_invalid`` left out, in words."""
+    cols = ", ".join(f"{c!r} {n}" for c, n in meta.get("dropped_empty", {}).items())
+    return (
+        f"dropped {meta['dropped_rows']} rows with an empty text or label "
+        f"(experiment.dataset.drop_invalid; empty cells: {cols})"
+    )
 
 
 def check_resources(space: Space, address: str | None) -> None:
@@ -492,6 +572,13 @@ def run(
         space = validate(apply_overrides(space.raw, extra), space.source)
     if max_concurrent is None:
         max_concurrent = space.search.get("max_concurrent")
+    from search.space import check_name
+
+    if check_name(name, "--name"):
+        raise SpaceError(space.source, check_name(name, "--name"))
+    check_storage(
+        space, storage or space.storage, name or space.name, "--storage" if storage else "storage"
+    )
     paths, resuming = choose_run(space, name, storage or space.storage, resume)
     if resuming:
         # The space as it was first run: a resumed search continues the same experiment.

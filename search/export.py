@@ -63,8 +63,10 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
     """Export the best trial (or ``trial_id``) of a run to ``out``; returns ``out``."""
     import torch
 
+    from search.results import require_run
     from trainables.export import export, rebuild
 
+    require_run(run_dir)  # a clear "not a peftsearch run" before anything else
     run_dir = Path(run_dir)
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     row = pick_trial(trials, trial_id)

@@ -232,7 +232,24 @@ def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
     return meta
 
 
+class NotARunError(FileNotFoundError):
+    """A folder that holds no peftsearch run (no ``trials.parquet``)."""
+
+
+def require_run(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, if it holds a run's ``trials.parquet``; else :class:`NotARunError`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / TRIALS_FILE).is_file():
+        what = (
+            "is not a peftsearch run"
+            if run_dir.is_dir()
+            else "does not exist: not a peftsearch run"
+        )
+        raise NotARunError(f"{run_dir} {what} (no {TRIALS_FILE})")
+    return run_dir
+
+
 def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) DataFrames of a finished or interrupted run."""
-    run_dir = Path(run_dir)
+    run_dir = require_run(run_dir)
     return pd.read_parquet(run_dir / TRIALS_FILE), pd.read_parquet(run_dir / CURVES_FILE)

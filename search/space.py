@@ -24,7 +24,9 @@ fix, before Ray starts (:class:`SpaceError`).
 
 from __future__ import annotations
 
+import codecs
 import copy
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,6 +88,8 @@ experiment:
     text_pair: null           # column of the second text, for pair tasks (RTE, MNLI)
     label: label              # column of the label (strings or integers)
     columns: null             # names of a header-less CSV/TSV's columns: [text, label]
+    encoding: utf-8           # of a local CSV/TSV/JSON file (latin-1, cp1252, ...)
+    drop_invalid: false       # true: drop rows whose text or label is empty (else an error)
   max_length: 128             # tokens per example (> 0)
   split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
   max_train_samples: null     # stratified caps (null: all): training split,
@@ -137,8 +141,36 @@ class SpaceError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that gives one key twice (YAML would keep only the last)."""
+
+    def __init__(self, key: Any, line: int, first: int, mark) -> None:
+        self.key, self.line, self.first = key, line, first
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first})", mark)
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; read it as a float, as people mean."""
+    """YAML 1.1 reads ``1e-4`` as a string; read it as a float, as people mean.
+
+    A key given twice in one mapping is an error (:class:`DuplicateKeyError`):
+    plain YAML lets the second silently replace the first.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" merges; its keys may be overridden
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
+                    seen[key] = line
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -158,6 +190,32 @@ _Loader.add_implicit_resolver(
 def parse_value(text: str) -> Any:
     """A ``--set`` value: YAML syntax, so ``8``, ``1e-4``, ``[4, 8]`` and ``{log: [1e-4, 1e-2]}`` work."""
     return yaml.load(text, Loader=_Loader)
+
+
+def _duplicate_problem(e: DuplicateKeyError) -> tuple[str, str]:
+    return (
+        f"<yaml> line {e.line}",
+        f"duplicate key {e.key!r} at line {e.line} (first at line {e.first}): "
+        "the second would replace the first; give each key once (merge the two)",
+    )
+
+
+def check_name(name: Any, key: str = "experiment.name") -> list[tuple[str, str]]:
+    """A run name is one folder below the storage: no path separator, no ``..``."""
+    if name is None:
+        return []
+    if not isinstance(name, str) or not name.strip():
+        return [(key, f"a run name (a folder name), got {name!r}")]
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in name for sep in seps) or name in (".", "..") or ".." in name:
+        return [
+            (
+                key,
+                f"{name!r} is not a plain name: a run is one folder below the storage, so a "
+                "name has no path separator and no '..' (choose the place with storage / --storage)",
+            )
+        ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -263,7 +321,12 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if not isinstance(node[k], dict):
                 raise SpaceError("--set", [(path, f"{k!r} holds a value, not a section")])
             node = node[k]
-        node[keys[-1]] = parse_value(text)
+        try:
+            node[keys[-1]] = parse_value(text)
+        except DuplicateKeyError as e:
+            raise SpaceError("--set", [(path, _duplicate_problem(e)[1])]) from None
+        except yaml.YAMLError as e:
+            raise SpaceError("--set", [(path, f"not a valid YAML value {text!r}: {e}")]) from None
     return out
 
 
@@ -338,11 +401,16 @@ class Space:
     @property
     def max_t(self) -> int:
         """Most evaluation rounds any trial can run (ASHA's max_t)."""
-        return max(
-            _max_value(space.get("epochs", Dist("fixed", TrainConfig.epochs)))
-            * _max_value(space.get("evals_per_epoch", Dist("fixed", TrainConfig.evals_per_epoch)))
-            for space in (self.method_space(m) for m in self.methods)
-        )
+        return _max_rounds(self.train, self.methods)
+
+
+def _max_rounds(train: dict[str, Dist], methods: dict[str, dict[str, Dist]]) -> int:
+    """Most evaluation rounds any method's trial can run: epochs x evals_per_epoch at most."""
+    return max(
+        _max_value(space.get("epochs", Dist("fixed", TrainConfig.epochs)))
+        * _max_value(space.get("evals_per_epoch", Dist("fixed", TrainConfig.evals_per_epoch)))
+        for space in ({**train, **knobs} for knobs in methods.values())
+    )
 
 
 def _max_value(d: Dist) -> int:
@@ -388,6 +456,7 @@ def validate(raw: Any, source: str = "<space>") -> Space:
 
     exp = cfg["experiment"]
     if _check_keys(exp, DEFAULTS["experiment"], "experiment", problems):
+        problems += check_name(exp.get("name"))
         ml = exp.get("max_length")
         if not (isinstance(ml, int) and not isinstance(ml, bool) and ml > 0):
             problems.append(("experiment.max_length", f"must be an integer > 0, got {ml!r}"))
@@ -476,6 +545,21 @@ def validate(raw: Any, source: str = "<space>") -> Space:
                     f"must be an integer >= 1 (evaluation rounds), got {gp!r}",
                 )
             )
+        elif sched.get("type") != "none" and methods:
+            try:
+                rounds = _max_rounds(train, methods)
+            except (TypeError, ValueError):  # epochs / evals_per_epoch not numbers: reported
+                rounds = 0
+            if 1 <= rounds < gp:
+                problems.append(
+                    (
+                        "scheduler.grace_period",
+                        f"{gp} rounds before the first cut, but a trial runs at most {rounds} "
+                        "(epochs x evals_per_epoch): the scheduler would stop nothing; lower "
+                        f"grace_period to {rounds} or less, or raise train.epochs / "
+                        "train.evals_per_epoch",
+                    )
+                )
         if not (_is_number(rf) and rf > 1):
             problems.append(("scheduler.reduction_factor", f"must be a number > 1, got {rf!r}"))
         if not isinstance(sched.get("per_method", False), bool):
@@ -611,6 +695,25 @@ def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
     for key in ("text", "label"):
         if not (isinstance(raw.get(key, "x"), str) and raw.get(key, "x")):
             problems.append((f"experiment.dataset.{key}", "the name of a column"))
+    enc = raw.get("encoding", "utf-8")
+    try:
+        if not isinstance(enc, str):
+            raise LookupError
+        codecs.lookup(enc)
+    except LookupError:
+        problems.append(
+            (
+                "experiment.dataset.encoding",
+                f"unknown encoding {enc!r}: give a Python codec name (utf-8, latin-1, cp1252, ...)",
+            )
+        )
+    if not isinstance(raw.get("drop_invalid", False), bool):
+        problems.append(
+            (
+                "experiment.dataset.drop_invalid",
+                f"must be true or false, got {raw['drop_invalid']!r}",
+            )
+        )
     cols = raw.get("columns")
     if cols is not None and not (
         isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)
@@ -679,6 +782,8 @@ def load_space(
     path = find_space(str(name) if name is not None else None)
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)
+    except DuplicateKeyError as e:
+        raise SpaceError(str(path), [_duplicate_problem(e)]) from None
     except yaml.YAMLError as e:
         raise SpaceError(str(path), [("<yaml>", f"not valid YAML: {e}")]) from None
     if raw is None:

@@ -58,6 +58,29 @@ def _data(text: str, **dataset):
 ROWS = "".join(f"goal match {i}\tsport\nchip code {i}\ttech\n" for i in range(20))
 
 
+def _yaml(text: str, drop: str | None = None):
+    """A change to the space file's text: ``text`` appended (after dropping section ``drop``)."""
+
+    def change(space: dict, tmp: Path) -> str:
+        space.pop(drop, None)
+        return text
+
+    return change
+
+
+def _latin1_data(space: dict, tmp: Path) -> None:
+    """A change to the space: a data file in Latin-1, not UTF-8 (the default encoding)."""
+    path = tmp / "data.tsv"
+    path.write_bytes(("text\tlabel\n" + ROWS + "caf\u00e9 cr\u00e8me\tfood\n").encode("latin-1"))
+    space["experiment"]["dataset"] = {"path": str(path)}
+
+
+def _storage_under_a_file(space: dict, tmp: Path) -> None:
+    """A change to the space: storage below a regular file (no folder can be made there)."""
+    (tmp / "a-file").write_text("not a folder")
+    space["storage"] = str(tmp / "a-file" / "runs")
+
+
 def _split_files(dev: str):
     """A change to the space: one training file and one validation file with ``dev`` rows."""
 
@@ -90,6 +113,34 @@ BAD = [
     ("max_length 0", _set("experiment.max_length", 0), "experiment.max_length"),
     ("GPU on a machine without one", _set("resources.gpu", 0.5),
      "resources.gpu: 0.5 GPU per trial, but this machine has no GPU"),
+    ("name with ../", _set("experiment.name", "../escape"),
+     "experiment.name: '../escape' is not a plain name"),
+    ("name with a separator", _set("experiment.name", "a/b"),
+     "experiment.name: 'a/b' is not a plain name"),
+    ("max_length beyond the model's positions", _set("experiment.max_length", 100000),
+     "experiment.max_length: 100000 tokens, but the model has 64 positions"),
+    ("duplicate top-level key", _yaml("experiment:\n  seed: 1\n"),
+     ("duplicate key 'experiment' at line", "the second would replace the first")),
+    ("duplicate nested key", _yaml("search:\n  num_samples: 2\n  num_samples: 3\n", drop="search"),
+     "duplicate key 'num_samples' at line"),
+    ("single-class label column",
+     _data("text\tlabel\n" + "".join(f"goal {i}\tsport\n" for i in range(40))),
+     ("experiment.dataset.label: ", "data.tsv: column 'label' has one class ('sport') in all 40 rows")),
+    ("empty labels", _data("text\tlabel\n" + ROWS + "soup\t\n" * 3),
+     ("experiment.dataset.label: ", "data.tsv: column 'label' is empty in 3 of 43 rows")),
+    ("text empty in every row", _data("text\tlabel\n" + "\tsport\n \ttech\n" * 20),
+     ("experiment.dataset.text: ", "data.tsv: column 'text' is empty in all 40 rows")),
+    ("text empty in some rows", _data("text\tlabel\n" + ROWS + "\tsport\n\ttech\n"),
+     ("experiment.dataset.text: ", "data.tsv: column 'text' is empty in 2 of 42 rows")),
+    ("data file not UTF-8", _latin1_data,
+     ("experiment.dataset.encoding: ", "data.tsv: not utf-8 text", "encoding: latin-1")),
+    ("unknown encoding", _set("experiment.dataset.encoding", "utf-9"),
+     "experiment.dataset.encoding: unknown encoding 'utf-9'"),
+    ("drop_invalid not a boolean", _set("experiment.dataset.drop_invalid", "yes please"),
+     "experiment.dataset.drop_invalid: must be true or false"),
+    ("grace_period beyond the rounds", _set("scheduler.grace_period", 5),
+     "scheduler.grace_period: 5 rounds before the first cut, but a trial runs at most 4"),
+    ("storage below a file", _storage_under_a_file, ("storage: ", "a-file is not a folder")),
 ]  # fmt: skip
 
 
@@ -99,15 +150,19 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
 ):
     storage = tmp_path / "runs"
     space = tiny_space(tiny_bert, topics_tsv, storage)
-    change(space, tmp_path)
+    extra = change(space, tmp_path)
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path.write_text(yaml.safe_dump(space) + (extra or ""))
+    before = sorted(tmp_path.rglob("*"))
     for command in ("validate", "run"):
         out = run_cli([command, str(path)], tmp_path)
         assert out.returncode == 2, out.stderr
-        assert expect in out.stderr, out.stderr
+        for part in (expect,) if isinstance(expect, str) else expect:
+            assert part in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
         assert "RAY_STARTED False" in out.stdout
     assert not storage.exists()
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, here or beside it
 
 
 def test_unknown_set_key_for_trial_exits_2(tmp_path, tiny_bert, topics_tsv):
@@ -120,16 +175,34 @@ def test_unknown_set_key_for_trial_exits_2(tmp_path, tiny_bert, topics_tsv):
 def test_trial_json_prints_one_object(tmp_path, tiny_bert, topics_tsv):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")))
-    out = subprocess.run(
-        ["peftsearch", "trial", "--method", "lora", "--space", str(path), "--json",
-         "--set", "lora_rank=4", "--set", "epochs=1", "--set", "learning_rate=3e-3", "--set", "max_length=16"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+
+    def trial() -> dict:
+        out = subprocess.run(
+            ["peftsearch", "trial", "--method", "lora", "--space", str(path), "--json",
+             "--set", "lora_rank=4", "--set", "epochs=1", "--set", "learning_rate=1e-2",
+             "--set", "max_length=16"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    result = trial()
     assert result["method"] == "lora" and result["config"]["lora_rank"] == 4
     assert 0 < result["trainable_params"] < result["total_params"]
-    assert 0.0 <= result["val_accuracy"] <= 1.0
+    # one epoch, evals_per_epoch 2 (the space's): two rounds, in order
+    rounds = result["rounds"]
+    assert len(rounds) == result["planned_iterations"] == 2
+    assert [r["epoch"] for r in rounds] == [0.5, 1.0]
+    assert rounds[0]["step"] < rounds[1]["step"] == result["step"]
+    # val_accuracy is the best round, val_accuracy_last the last one
+    assert result["val_accuracy"] == max(r["val_accuracy"] for r in rounds)
+    assert result["val_accuracy_last"] == rounds[-1]["val_accuracy"]
+    # the tiny task is learnable: above chance (1/3) after one epoch
+    assert result["val_accuracy"] > 0.4, rounds
+    # the seed fixes the run: the same command gives the same numbers
+    again = trial()
+    assert again["rounds"] == rounds
+    assert again["val_accuracy"] == result["val_accuracy"]
 
 
 def test_validate_and_help_work_from_any_directory(tmp_path):
@@ -175,3 +248,28 @@ def test_method_that_cannot_apply_to_the_architecture_exits_2(tmp_path, tiny_mod
         )
         assert "RAY_STARTED False" in out.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_name_with_a_path_is_refused(tmp_path, tiny_bert, topics_tsv):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")))
+    before = sorted(tmp_path.rglob("*"))
+    out = run_cli(["run", str(path), "--name", "../escape"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "--name: '../escape' is not a plain name" in out.stderr
+    assert "RAY_STARTED False" in out.stdout
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "command", [["results"], ["report"], ["export", "--best", "OUT"]], ids=lambda c: c[0]
+)
+def test_a_folder_that_is_not_a_run_is_named(command, tmp_path):
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    args = [a if a != "OUT" else str(tmp_path / "out") for a in command]
+    out = run_cli([args[0], str(folder), *args[1:]], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"{folder} is not a peftsearch run (no trials.parquet)" in out.stderr
+    assert "Traceback" not in out.stderr and "RAY_STARTED False" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-run"]

@@ -144,3 +144,54 @@ def test_max_test_samples_reaches_the_test_split(tmp_path, tiny_bert, topics_tsv
         "test": 30,
     }
     assert validate(tiny_space(tiny_bert, topics_tsv, tmp_path)).max_test_samples is None
+
+
+def test_empty_rows_are_an_error_unless_drop_invalid_drops_and_counts_them(tmp_path):
+    path = tmp_path / "d.tsv"
+    rows = "".join(f"goal {i}\tsport\nchip {i}\ttech\n" for i in range(10))
+    path.write_text("text\tlabel\n" + rows + "soup\t\n \tsport\nbread\t  \n")
+    with pytest.raises(DataError, match="column 'text' is empty in 1 of 23 rows") as err:
+        load_table(DatasetSpec(path=str(path)))
+    assert err.value.key == "experiment.dataset.text"
+    table = load_table(DatasetSpec(path=str(path), drop_invalid=True))
+    assert len(table.texts) == 20 and table.label_names == ["sport", "tech"]
+    assert table.dropped_rows == 3 and table.dropped == {"text": 1, "label": 2}
+
+
+def test_drop_invalid_works_per_given_split_and_is_recorded(tmp_path, tiny_bert):
+    rows = "text\tlabel\n" + "".join(f"goal {i}\tsport\nchip {i}\ttech\n" for i in range(10))
+    (tmp_path / "train.tsv").write_text(rows + "\tsport\n")
+    (tmp_path / "dev.tsv").write_text(rows + "soup\t\n")
+    files = {"train": str(tmp_path / "train.tsv"), "validation": str(tmp_path / "dev.tsv")}
+    with pytest.raises(DataError, match=r"train.tsv: column 'text' is empty in 1 of 21 rows"):
+        load_table(DatasetSpec(files=files))
+    spec = DatasetSpec(files=files, drop_invalid=True)
+    data = prepare(spec, load_tokenizer(str(tiny_bert)), 16)
+    assert data.meta["n_train"] == 20 and data.meta["n_validation"] == 20
+    assert data.meta["dropped_rows"] == 2
+    assert data.meta["dropped_empty"] == {"text": 1, "label": 1}
+
+
+def test_a_training_split_with_one_class_is_an_error(tmp_path, tiny_bert):
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "goal\tsport\n" * 10)
+    (tmp_path / "dev.tsv").write_text("text\tlabel\ngoal\tsport\n")
+    (tmp_path / "test.tsv").write_text("text\tlabel\ngoal\tsport\nchip\ttech\n")
+    files = {split: str(tmp_path / f"{split}.tsv") for split in ("train", "test")}
+    files["validation"] = str(tmp_path / "dev.tsv")
+    with pytest.raises(DataError, match=r"training split has one class \('sport'\) in all 10"):
+        prepare(DatasetSpec(files=files), load_tokenizer(str(tiny_bert)), 16)
+
+
+def test_the_file_encoding_is_a_key(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ncafé,food\ngoal,sport\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"d.csv: not utf-8 text.*encoding: latin-1") as err:
+        load_table(DatasetSpec(path=str(path)))
+    assert err.value.key == "experiment.dataset.encoding"
+    table = load_table(DatasetSpec(path=str(path), encoding="latin-1"))
+    assert table.texts == ["café", "goal"]
+    json_path = tmp_path / "d.jsonl"
+    json_path.write_bytes(
+        '{"text": "crème", "label": "a"}\n{"text": "x", "label": "b"}\n'.encode("cp1252")
+    )
+    assert load_table(DatasetSpec(path=str(json_path), encoding="cp1252")).texts[0] == "crème"

@@ -10,7 +10,14 @@ import yaml
 
 from search.driver import check_fit
 from search.searcher import DefineByRun
-from search.space import SPACES_DIR, SpaceError, apply_overrides, load_space, validate
+from search.space import (
+    SPACES_DIR,
+    SpaceError,
+    _Loader,
+    apply_overrides,
+    load_space,
+    validate,
+)
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 BASE = {
@@ -93,6 +100,12 @@ BROKEN = [
     ("scheduler.type", "hyperband", "scheduler.type", "asha"),
     ("resources.gpu", "-1", "resources.gpu", ">= 0"),
     ("searcher", "tpe", "<top>.searcher", "unknown key"),
+    ("scheduler.grace_period", "5", "scheduler.grace_period", "lower grace_period to 4"),
+    ("experiment.name", "../up", "experiment.name", "not a plain name"),
+    ("experiment.name", "a/b", "experiment.name", "no path separator"),
+    ("experiment.dataset.encoding", "utf-9", "experiment.dataset.encoding", "latin-1"),
+    ("experiment.dataset.drop_invalid", "maybe", "experiment.dataset.drop_invalid", "true or"),
+    ("experiment.max_test_samples", "0", "experiment.max_test_samples", "> 0 or null"),
 ]
 
 
@@ -180,3 +193,57 @@ def test_define_by_run_samples_only_the_chosen_methods_knobs():
             assert trial.params["lora.lora_rank"] in (4, 8)
         study.tell(trial, 0.5)
     assert seen == {"full", "lora"}
+
+
+def test_grace_period_within_the_rounds_or_no_scheduler_is_fine():
+    assert validate(_with("scheduler.grace_period", "4")).max_t == 4
+    raw = apply_overrides(BASE, ["scheduler.grace_period=9", "scheduler.type=none"])
+    assert validate(raw).scheduler["grace_period"] == 9  # unused without a scheduler
+    raw = apply_overrides(BASE, ["scheduler.grace_period=9", "methods.lora.epochs=3"])
+    assert validate(raw).max_t == 12  # the longest method's rounds count
+
+
+def test_a_key_given_twice_names_its_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "experiment: {seed: 1}\n"
+        "methods:\n  full: {}\n"
+        "search:\n  num_samples: 2\n  searcher: tpe\n  num_samples: 3\n"
+    )
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert "duplicate key 'num_samples' at line 7 (first at line 5)" in str(err.value)
+    path.write_text("methods: {full: {}}\nexperiment: {seed: 1}\nexperiment: {seed: 2}\n")
+    with pytest.raises(SpaceError, match="duplicate key 'experiment' at line 3"):
+        load_space(path)
+    # a merge key may be overridden: that is what it is for
+    assert yaml.load("a: &b {x: 1}\nc: {<<: *b, x: 2}\n", Loader=_Loader)["c"] == {"x": 2}
+    with pytest.raises(SpaceError, match="--set"):
+        apply_overrides(BASE, ["methods.lora={lora_rank: 4, lora_rank: 8}"])
+
+
+def test_max_positions_per_architecture(tiny_models):
+    from search.driver import max_positions
+    from trainables.model import load_config
+
+    # all tiny models have max_position_embeddings 64 and pad_token_id 0
+    got = {arch: max_positions(load_config(str(p))) for arch, p in tiny_models.items()}
+    assert got == {"bert": 64, "roberta": 63, "distilbert": 64, "deberta-v2": 64, "modernbert": 64}
+    roberta = load_config(str(tiny_models["roberta"]))
+    roberta.pad_token_id = 1  # roberta-base: 514 positions, padding index 1 -> 512 tokens
+    roberta.max_position_embeddings = 514
+    assert max_positions(roberta) == 512
+    deberta = load_config(str(tiny_models["deberta-v2"]))
+    deberta.position_biased_input = False  # DeBERTa-v3: relative positions only
+    assert max_positions(deberta) is None
+
+
+def test_max_length_beyond_the_positions_is_refused_by_check_fit(tmp_path, tiny_models, topics_tsv):
+    from conftest import tiny_space
+
+    raw = tiny_space(tiny_models["roberta"], topics_tsv, tmp_path)
+    raw["experiment"]["max_length"] = 64
+    with pytest.raises(SpaceError, match="64 tokens, but the model has 63 positions"):
+        check_fit(validate(raw))
+    raw["experiment"]["max_length"] = 63
+    check_fit(validate(raw))

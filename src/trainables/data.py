@@ -38,6 +38,8 @@ class DatasetSpec:
     text_pair: str | None = None  # column of the second text, for pair tasks
     label: str = "label"  # column of the label (strings or integers)
     columns: list[str] | None = None  # names of a header-less CSV/TSV file's columns
+    encoding: str = "utf-8"  # of local CSV/TSV/JSON files
+    drop_invalid: bool = False  # drop rows with an empty text or label (else: an error)
 
     def describe(self) -> str:
         """A short human-readable name, used in results and reports."""
@@ -68,6 +70,9 @@ class TextTable:
     pairs: list[str] | None = None
     # Splits given by the source (Hub data sets); None means: split by fractions.
     given_splits: dict[str, np.ndarray] | None = None
+    # Rows dropped (``drop_invalid``): how many, and column -> rows empty there.
+    dropped_rows: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,11 +149,25 @@ def load_bbc_news() -> TextTable:
     return TextTable(texts=texts, labels=np.asarray(labels), label_names=label_names)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None):
+def read_table(path: str | Path, columns: list[str] | None = None, encoding: str = "utf-8"):
     """Read a local table file into a pandas DataFrame, by its extension.
 
-    ``columns`` names the columns of a CSV/TSV file that has no header row.
+    ``columns`` names the columns of a CSV/TSV file that has no header row;
+    ``encoding`` is the text encoding of a CSV/TSV/JSON file.
     """
+    try:
+        return _read_table(Path(path), columns, encoding)
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start : e.start + 1].hex() if isinstance(e.object, bytes) else "?"
+        raise DataError(
+            "experiment.dataset.encoding",
+            f"{path}: not {encoding} text (byte 0x{bad}: {e.reason}): set "
+            "experiment.dataset.encoding to the file's encoding, e.g. encoding: latin-1 "
+            "(or cp1252, utf-16)",
+        ) from None
+
+
+def _read_table(path: Path, columns: list[str] | None, encoding: str):
     import pandas as pd
 
     path = Path(path)
@@ -163,14 +182,28 @@ def read_table(path: str | Path, columns: list[str] | None = None):
         quoting = 3 if suffix == ".tsv" else 0
         header = {"header": None, "names": columns} if columns else {}
         return pd.read_csv(
-            path, sep=LOCAL_FORMATS[suffix], quoting=quoting, keep_default_na=False, **header
+            path,
+            sep=LOCAL_FORMATS[suffix],
+            quoting=quoting,
+            keep_default_na=False,
+            encoding=encoding,
+            **header,
         )
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_json(path, lines=suffix == ".jsonl")
+    return pd.read_json(path, lines=suffix == ".jsonl", encoding=encoding)
 
 
 def _table_from_frame(frame, spec: DatasetSpec, where: str) -> TextTable:
+    _check_columns(frame, spec, where)
+    n = len(frame)
+    frame, dropped = _drop_empty(frame, spec, where)
+    table = _table_rows(frame, spec, where, dropped)
+    table.dropped_rows = n - len(frame)
+    return table
+
+
+def _check_columns(frame, spec: DatasetSpec, where: str) -> None:
     missing = [c for c in (spec.text, spec.text_pair, spec.label) if c and c not in frame.columns]
     if missing:
         key = {spec.text: "text", spec.text_pair: "text_pair", spec.label: "label"}[missing[0]]
@@ -179,15 +212,75 @@ def _table_from_frame(frame, spec: DatasetSpec, where: str) -> TextTable:
             f"{where}: column(s) {missing} not found; columns are {list(frame.columns)}. "
             "Set dataset.text / dataset.text_pair / dataset.label to the right names.",
         )
+
+
+def _table_rows(frame, spec: DatasetSpec, where: str, dropped: dict[str, int]) -> TextTable:
     raw = frame[spec.label].tolist()
     label_names = sorted({str(v) for v in raw}, key=_natural_key)
+    if len(label_names) < 2:
+        raise DataError(
+            "experiment.dataset.label",
+            f"{where}: column {spec.label!r} has "
+            + (
+                f"one class ({label_names[0]!r}) in all {len(raw)} rows"
+                if label_names
+                else "no rows left"
+            )
+            + ": a classifier needs at least two classes; is it the right column?",
+        )
     index = {name: i for i, name in enumerate(label_names)}
     return TextTable(
         texts=[str(t) for t in frame[spec.text].tolist()],
         pairs=[str(t) for t in frame[spec.text_pair].tolist()] if spec.text_pair else None,
         labels=np.asarray([index[str(v)] for v in raw]),
         label_names=label_names,
+        dropped=dropped,
     )
+
+
+def _is_empty(value: Any) -> bool:
+    """An empty cell: an empty or blank string, None, NaN."""
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(value is None or value != value)  # NaN != NaN
+    except (TypeError, ValueError):
+        return False
+
+
+def _drop_empty(frame, spec: DatasetSpec, where: str) -> tuple[Any, dict[str, int]]:
+    """The frame without rows whose text or label is empty, if ``drop_invalid``; else an error.
+
+    A text column empty in every row is always an error (wrong column?).
+    Returns the frame and the number of empty cells per column that dropped rows.
+    """
+    n = len(frame)
+    cols = [("text", spec.text), ("text_pair", spec.text_pair), ("label", spec.label)]
+    cols = [(key, col) for key, col in cols if col]
+    empty = {col: np.fromiter(map(_is_empty, frame[col]), bool, n) for _, col in cols}
+    for key, col in cols[:-1]:
+        if n and empty[col].all():
+            raise DataError(
+                f"experiment.dataset.{key}",
+                f"{where}: column {col!r} is empty in all {n} rows: nothing to train on; "
+                f"is it the right column? (columns: {list(frame.columns)})",
+            )
+    drop, dropped = np.zeros(n, bool), {}
+    for key, col in cols:
+        count = int(empty[col].sum())
+        if not count:
+            continue
+        if not spec.drop_invalid:
+            first = int(np.argmax(empty[col])) + 1
+            raise DataError(
+                f"experiment.dataset.{key}",
+                f"{where}: column {col!r} is empty in {count} of {n} rows (the first: data "
+                f"row {first}): fill them, or set experiment.dataset.drop_invalid: true to "
+                "drop such rows",
+            )
+        dropped[col] = count
+        drop |= empty[col]
+    return (frame[~drop].reset_index(drop=True) if drop.any() else frame), dropped
 
 
 def _natural_key(name: str) -> tuple:
@@ -200,7 +293,7 @@ def load_table(spec: DatasetSpec) -> TextTable:
     if spec.path:
         if not Path(spec.path).expanduser().is_file():
             raise DataError("experiment.dataset.path", f"no such file {spec.path!r}")
-        frame = read_table(Path(spec.path).expanduser(), spec.columns)
+        frame = read_table(Path(spec.path).expanduser(), spec.columns, spec.encoding)
         return _table_from_frame(frame, spec, spec.path)
     if spec.files:
         return _load_files(spec)
@@ -215,30 +308,41 @@ def load_table(spec: DatasetSpec) -> TextTable:
     )
 
 
-def _table_from_splits(frames: dict, spec: DatasetSpec) -> TextTable:
+def _table_from_splits(frames: dict, spec: DatasetSpec, where: dict | None = None) -> TextTable:
     """One table from a frame per given split; labels are named across all of them."""
     import pandas as pd
 
-    splits, start = {}, 0
-    for split, frame in frames.items():
+    splits, start, dropped, rows = {}, 0, {}, 0
+    for split, frame in list(frames.items()):
+        # Empty rows go (or fail) per split, before the split's indices are fixed.
+        name = (where or {}).get(split, f"{spec.describe()} {split}")
+        _check_columns(frame, spec, name)
+        rows += len(frame)
+        frame, gone = _drop_empty(frame, spec, name)
+        rows -= len(frame)
+        frames[split] = frame
+        for col, count in gone.items():
+            dropped[col] = dropped.get(col, 0) + count
         splits[split] = np.arange(start, start + len(frame))
         start += len(frame)
     table = _table_from_frame(
         pd.concat(list(frames.values()), ignore_index=True), spec, spec.describe()
     )
     table.given_splits = splits
+    table.dropped, table.dropped_rows = dropped, rows
     return table
 
 
 def _load_files(spec: DatasetSpec) -> TextTable:
     """One file per split: the splits are given."""
-    frames = {}
+    frames, where = {}, {}
     for split in (s for s in SPLITS if s in spec.files):
         path = Path(spec.files[split]).expanduser()
         if not path.is_file():
             raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
-        frames[split] = read_table(path, spec.columns)
-    return _table_from_splits(frames, spec)
+        frames[split] = read_table(path, spec.columns, spec.encoding)
+        where[split] = str(spec.files[split])
+    return _table_from_splits(frames, spec, where)
 
 
 def _load_hub(spec: DatasetSpec) -> TextTable:
@@ -361,6 +465,22 @@ def prepare(
                 f"split {name!r} is empty ({len(table.labels)} examples in all): give it rows, "
                 "raise its fraction or the sample caps",
             )
+    classes = np.unique(table.labels[idx["train"]])
+    unseen = set(table.labels[idx["validation"]].tolist()) - set(classes.tolist())
+    if unseen:
+        names = [table.label_names[i] for i in sorted(unseen)]
+        raise DataError(
+            "experiment.dataset.label",
+            f"validation labels {names} never occur in the training split: a model cannot "
+            "learn them; fix the data or the label column",
+        )
+    if len(classes) < 2:
+        raise DataError(
+            "experiment.dataset.label",
+            f"column {spec.label!r}: the training split has one class "
+            f"({table.label_names[classes[0]]!r}) in all {len(idx['train'])} rows: a classifier "
+            "needs at least two; fix the data or the label column",
+        )
     # A test split is optional (fraction 0): the search never reads it.
     from tqdm.auto import tqdm
 
@@ -373,15 +493,6 @@ def prepare(
         leave=False,
     ) as bar:
         splits = {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
-    train_labels = set(splits["train"].labels.tolist())
-    unseen = set(splits["validation"].labels.tolist()) - train_labels
-    if unseen:
-        names = [table.label_names[i] for i in sorted(unseen)]
-        raise DataError(
-            "experiment.dataset.label",
-            f"validation labels {names} never occur in the training split: a model cannot "
-            "learn them; fix the data or the label column",
-        )
     meta = {
         "dataset": spec.describe(),
         "num_labels": len(table.label_names),
@@ -392,4 +503,7 @@ def prepare(
         "pad_token_id": tokenizer.pad_token_id or 0,
         **{f"n_{name}": len(enc) for name, enc in splits.items()},
     }
+    if table.dropped_rows:
+        # drop_invalid: rows with an empty text or label were left out (column -> empty cells)
+        meta.update(dropped_rows=table.dropped_rows, dropped_empty=dict(table.dropped))
     return PreparedData(splits=splits, label_names=table.label_names, meta=meta)
