@@ -7,12 +7,16 @@ tokens); its peak resident memory is read from the kernel at the end. The
 first row is the same process loading the model and data without training.
 Each method runs twice: as is, and with ``gradient_checkpointing: true``
 (activations recomputed in backward instead of kept). Goal (issue 7): a PEFT
-trial at most 0.7x the peak of full fine-tuning.
+trial at most 0.7x the peak of full fine-tuning, judged like for like only:
+PEFT as is against full as is, and PEFT with checkpointing against full with
+checkpointing (``ratio_like_for_like``). PEFT with checkpointing against full
+without it mixes two settings and is reported for information, not judged.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +56,7 @@ PEFT = ("lora", "adapter", "prefix", "bitfit", "linear_probe")
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
+    load_start = os.getloadavg()
     n = 48 if args.quick else 160
     methods = list(METHODS)
     if args.quick:
@@ -78,6 +83,8 @@ def main() -> None:
         r["ratio_vs_full"] = round(r["peak_rss_mb"] / full, 3)
         ckpt = full_ckpt and r["method"].endswith("checkpointing")
         r["ratio_vs_full_ckpt"] = round(r["peak_rss_mb"] / full_ckpt, 3) if ckpt else None
+        # Like for like: as is against full as is, checkpointing against full with it.
+        r["ratio_like_for_like"] = r["ratio_vs_full_ckpt"] if ckpt else r["ratio_vs_full"]
         r["above_model_mb"] = round(r["peak_rss_mb"] - base, 1)
         # What checkpointing costs in time: its trial against the same method without it.
         plain = next((q for q in rows if q["method"] == r["method"].split(" + ")[0]), None)
@@ -90,18 +97,26 @@ def main() -> None:
         return round(max(ratios), 3)
 
     summary = {
-        # A PEFT trial as it runs by default, against full fine-tuning as it runs by default.
+        # Like for like: a PEFT trial as it runs by default against full fine-tuning as is ...
         "worst_peft_ratio": worst("", full),
-        # The same PEFT trials with gradient checkpointing (the memory-lean setting) ...
-        "worst_peft_ckpt_ratio": worst(" + checkpointing", full),
-        # ... and like for like: full fine-tuning with checkpointing too.
+        # ... and both with gradient checkpointing.
         "worst_peft_ckpt_vs_full_ckpt": worst(" + checkpointing", full_ckpt) if full_ckpt else None,
+        # Not like for like (PEFT with checkpointing, full without): information only.
+        "worst_peft_ckpt_vs_full_plain": worst(" + checkpointing", full),
     }
     for k, v in summary.items():
-        print(f"{k}: {v}x (goal <= 0.7x)")
-    path = save("memory", {"rows": rows, **summary, "goal": "<= 0.7x",
+        judged = "not judged" if k.endswith("_full_plain") else "goal <= 0.7x"
+        print(f"{k}: {v}x ({judged})")
+    ckpt_ratio = summary["worst_peft_ckpt_vs_full_ckpt"]
+    load_end = os.getloadavg()
+    path = save("memory", {"rows": rows, **summary,
+                           "goal": "<= 0.7x, like for like (as is vs as is, checkpointing vs checkpointing)",
                            "met_default": summary["worst_peft_ratio"] <= 0.7,
-                           "met_with_checkpointing": summary["worst_peft_ckpt_ratio"] <= 0.7},
+                           "met_with_checkpointing": ckpt_ratio is not None and ckpt_ratio <= 0.7,
+                           "loadavg_start": [round(x, 2) for x in load_start],
+                           "loadavg_end": [round(x, 2) for x in load_end],
+                           "note": "peak RSS does not depend on CPU load; train_s and time_vs_plain "
+                                   "do (2 cores shared with other processes: see loadavg)"},
                 args.quick)  # fmt: skip
     print(f"wrote {path}")
 
