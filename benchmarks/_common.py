@@ -60,9 +60,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def save(name: str, figures: dict[str, Any], quick: bool) -> Path:
-    """Write ``results/<name>.json`` (``<name>.quick.json`` for a smoke run)."""
+    """Write ``results/<name>.json`` (``<name>.quick.json`` for a smoke run), atomically.
+
+    A benchmark killed while saving leaves the previous results whole.
+    """
+    from reports.atomic import atomic_write
+
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / (f"{name}.quick.json" if quick else f"{name}.json")
-    path.write_text(json.dumps({"benchmark": name, "quick": quick, "machine": machine(),
-                                **figures}, indent=2, default=str))  # fmt: skip
+    text = json.dumps({"benchmark": name, "quick": quick, "machine": machine(),
+                       **figures}, indent=2, default=str)  # fmt: skip
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path

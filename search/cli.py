@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue the unfinished run NAME from its checkpoints",
+        help="continue the unfinished run NAME from its checkpoints. Resuming trusts the run "
+        "folder: Ray's own resume state in it (tuner.pkl, the searcher state) is pickled, and "
+        "loading a pickle can run code, so resume only runs whose folder nobody else can write",
     )
     r.add_argument(
         "--address",
@@ -106,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         "transformers model directory (full, freeze, bitfit, linear_probe), a peft adapter directory (lora, "
         "ia3, prompt_tuning, p_tuning) or trainable.safetensors (adapter, prefix); safetensors only; with "
         "trial_config.json, metrics.json and peftsearch.json. Any export loads with "
-        "trainables.export.load_model(OUT_DIR).",
+        "trainables.export.load_model(OUT_DIR). --best skips trials that failed. OUT_DIR must "
+        "be new or empty; --force replaces a previous export and nothing else.",
     )
     ex.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     which = ex.add_mutually_exclusive_group(required=True)
@@ -114,7 +117,16 @@ def _parser() -> argparse.ArgumentParser:
         "--best", action="store_true", help="the trial with the best validation accuracy"
     )
     which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
-    ex.add_argument("out_dir", help="output folder (replaced if it exists)")
+    ex.add_argument(
+        "out_dir",
+        help="output folder: new or empty (export never deletes what it did not write)",
+    )
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous export in OUT_DIR: only the files its manifest "
+        "(peftsearch.json) lists are removed, and only if OUT_DIR holds nothing else",
+    )
 
     con = sub.add_parser(
         "confirm",
@@ -355,9 +367,20 @@ def cmd_methods(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import pickle
+
     from search.export import export_trial
 
-    out = export_trial(args.run_dir, args.out_dir, None if args.best else args.trial)
+    try:
+        out = export_trial(
+            args.run_dir, args.out_dir, None if args.best else args.trial, force=args.force
+        )
+    except pickle.UnpicklingError as e:
+        print(
+            f"error: a checkpoint of {args.run_dir} is not a plain tensor file: {e}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     manifest = json.loads((out / "peftsearch.json").read_text())
     print(f"exported {manifest['method']} ({manifest['format']} format) to {out}")
     return 0

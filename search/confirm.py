@@ -75,7 +75,7 @@ def confirm(
 
     from reports.atomic import atomic_write
     from reports.html import write_report
-    from search.driver import _init_ray, check_fit, prepare_data
+    from search.driver import check_fit, init_ray, prepare_data
     from search.results import TRIALS_FILE, versions
     from search.space import validate
     from trainables.features import add_features, uses_cache
@@ -100,7 +100,7 @@ def confirm(
     ):  # test features too: only here, never in the search
         add_features(data, space.model, splits=("train", "validation", "test"), progress=not quiet)
 
-    _init_ray(address)
+    init_ray(address)
     cpus, gpus = space.resources["cpu"], space.resources["gpu"]
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_one)
     data_ref = ray.put(data)

@@ -82,9 +82,13 @@ def _read_run_file(run_dir: Path) -> dict:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename: never half a file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file, fsync and a rename: never half a file."""
     from reports.atomic import atomic_write
 
-    text = json.dumps(obj, indent=2, default=str)
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
@@ -342,16 +346,53 @@ def code_dirs() -> list[str]:
     return [str(Path(trainables.__file__).parent)]
 
 
-def _init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address``, or start a local Ray that only this machine reaches.
+
+    With no address (nor ``RAY_ADDRESS``) every process of the local Ray -
+    GCS, raylet, object manager, dashboard and runtime-env agents, metrics
+    endpoint, workers - listens on 127.0.0.1 only, never on the machine's
+    network interfaces, and a cluster started by ``ray start`` is not joined.
+    A Ray already initialized in this process is used as it is.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
         # Ship the code with the job: a worker node needs torch & co., not peftsearch itself.
         ray.init(address=address, log_to_driver=False, runtime_env={"py_modules": code_dirs()})
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return
+    _start_loopback_ray()
+
+
+# Ray 2.60 takes a node's address from the route to the internet (and ray.init's
+# _node_ip_address turns 127.0.0.1 back into it); its gRPC and HTTP servers then listen on
+# all interfaces. Its single-machine mode (the default on macOS and Windows), switched on by
+# this variable, makes the node's address 127.0.0.1 and every server listen on it alone.
+_RAY_MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _start_loopback_ray() -> None:
+    """A new local Ray in Ray's single-machine mode: here, and in the processes it starts."""
+    import ray
+    from ray._private import ray_constants
+
+    env, const = os.environ.get(_RAY_MULTI_NODE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_MULTI_NODE] = "0"  # the processes ray.init starts (they read it at import)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process, which imported ray already
+    try:
+        # "local": a new Ray, never one that `ray start` left running on this machine.
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const
+        if env is None:
+            os.environ.pop(_RAY_MULTI_NODE, None)
+        else:
+            os.environ[_RAY_MULTI_NODE] = env
 
 
 def make_searcher(space: Space):
@@ -525,7 +566,7 @@ def prune_checkpoints(run_dir: Path, metric: str, mode: str) -> dict[str, float]
                 shutil.rmtree(c, ignore_errors=True)
                 removed += 1
     for state_file in run_dir.glob(f"*/checkpoint_*/{CHECKPOINT_FILE}"):
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=True)  # never a pickle from the folder
         if "optimizer" in state:
             slim = {k: state[k] for k in ("trainable", "step", "best", "config") if k in state}
             atomic_write(state_file, lambda tmp, slim=slim: torch.save(slim, tmp))
@@ -589,12 +630,12 @@ def run(
     config = check_fit(space)
     data = prepare_data(space, progress=not quiet, features=wants_features(space, config))
 
-    _init_ray(address)
+    init_ray(address)
     if address:
         check_cluster(space)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        (paths.run_dir / SPACE_FILE).write_text(yaml.safe_dump(space.raw, sort_keys=False))
+        write_text_atomic(paths.run_dir / SPACE_FILE, yaml.safe_dump(space.raw, sort_keys=False))
     previous = _read_run_file(paths.run_dir)
     record = {
         "status": "running",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -59,17 +58,33 @@ def checkpoint_meta(checkpoint: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = None) -> Path:
-    """Export the best trial (or ``trial_id``) of a run to ``out``; returns ``out``."""
+def export_trial(
+    run_dir: str | Path, out: str | Path, trial_id: str | None = None, force: bool = False
+) -> Path:
+    """Export the best trial (or ``trial_id``) of a run to ``out``; returns ``out``.
+
+    ``out`` must be new or empty: export never deletes what it did not write.
+    With ``force`` it may hold a previous export, which is replaced: the files
+    that export listed in its manifest are removed, and only if ``out`` holds
+    nothing else. ``--best`` (no ``trial_id``) ranks only the trials that did
+    not fail. The checkpoint is loaded as tensors only (never unpickled).
+    """
     import torch
 
     from search.results import require_run
-    from trainables.export import export, rebuild
+    from trainables.export import MANIFEST, export, rebuild
 
     require_run(run_dir)  # a clear "not a peftsearch run" before anything else
     run_dir = Path(run_dir)
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    if trial_id is None:
+        # A failed trial is no candidate, however well it did before it failed.
+        trials = trials[trials["status"] != "ERROR"]
+        if trials.empty:
+            raise ValueError(f"--best: every trial of {run_dir} failed")
     row = pick_trial(trials, trial_id)
+    out = Path(out)
+    previous = _previous_export(out, force)  # before any checkpoint is loaded or file written
     ckpt = best_checkpoint(run_dir, row["trial_id"], *ranking(trials))
     run = json.loads((run_dir / "run.json").read_text())
     labels = run.get("data", {}).get("label_names")
@@ -79,16 +94,19 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
         )
     flat = json.loads(row["config_json"])
     method, knobs, _ = split_config(flat)
-    state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=False)
+    # Tensors and plain values only: a pickle planted in the run folder raises, never runs.
+    state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
     meta = checkpoint_meta(ckpt)
     model_name = row["model"]
     model = rebuild(
         model_name, labels, method, knobs, state["trainable"], bool(meta.get("feature_cache"))
     )
     manifest = {"base_model": model_name, "method": method, "knobs": knobs, "label_names": labels}
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    for path in previous:
+        path.unlink()
+    folders = {out / a for p in previous for a in p.relative_to(out).parents if a.parts}
+    for folder in sorted(folders, key=lambda f: -len(f.parts)):
+        folder.rmdir()  # the previous export's own subfolders, now empty
     export(model, out, manifest, model_name)
     # config.json is the model's own in a transformers directory: the trial's goes beside it.
     (out / "trial_config.json").write_text(json.dumps(flat, indent=2, default=str))
@@ -99,4 +117,62 @@ def export_trial(run_dir: str | Path, out: str | Path, trial_id: str | None = No
     }
     metrics["checkpoint"] = meta
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    # The manifest lists every file of the export: what --force may remove next time.
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    manifest_file = out / MANIFEST
+    recorded = {**json.loads(manifest_file.read_text()), "files": written}
+    manifest_file.write_text(json.dumps(recorded, indent=2, default=str))
     return out
+
+
+def _previous_export(out: Path, force: bool) -> list[Path]:
+    """The files export may remove from ``out`` before writing there.
+
+    Nothing when ``out`` is new or empty; with ``force``, the files of a
+    previous export (listed in its manifest) when ``out`` holds nothing else.
+    Anything else is refused (``ValueError``: exit 2), with nothing changed.
+    """
+    from trainables.export import MANIFEST
+
+    if not out.exists():
+        return []
+    never = "export writes into a new or empty folder and never deletes what it did not write"
+    if not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder: {never}")
+    if not any(out.iterdir()):
+        return []
+    listed = _listed_files(out)
+    if not force:
+        hint = "; it holds a previous export: add --force to replace it" if listed else ""
+        raise ValueError(f"{out} is not empty: {never}{hint}")
+    if listed is None:
+        raise ValueError(
+            f"--force: {out} is not an export that lists its files ({MANIFEST}), so it is "
+            f"left alone: {never}"
+        )
+    keep = set(listed) | {str(p) for f in listed for p in Path(f).parents}
+    files, unknown = [], []
+    for path in out.rglob("*"):  # symbolic links are listed, never followed
+        rel = str(path.relative_to(out))
+        if rel not in keep or path.is_symlink():
+            unknown.append(rel)
+        elif path.is_file():
+            files.append(path)
+    if unknown:
+        raise ValueError(
+            f"--force: {out} holds files the previous export did not write "
+            f"({', '.join(sorted(unknown)[:5])}): move them or export elsewhere; {never}"
+        )
+    return files
+
+
+def _listed_files(out: Path) -> list[str] | None:
+    """The files a previous export in ``out`` recorded in its manifest, or None."""
+    from trainables.export import MANIFEST
+
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(files, list) and all(isinstance(f, str) for f in files)
+    return files if ok else None

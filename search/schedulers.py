@@ -27,7 +27,7 @@ best configuration of each method is judged against its peers.
 
 from __future__ import annotations
 
-import pickle
+import json
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -128,10 +128,33 @@ class ParetoASHA(FIFOScheduler):
             f"trials per rung {{{sizes}}}"
         )
 
+    # What save() writes besides the rungs: settings and counters, all plain JSON values.
+    _STATE = ("_metric", "_mode", "_cost", "_group_by", "_sign", "_time_attr", "_max_t", "_rf",
+              "_milestones", "num_stopped", "kept_by_front")  # fmt: skip
+
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        """Write the scheduler's state as JSON (never a pickle: restoring runs no code)."""
+        from reports.atomic import atomic_write
+
+        state = {k: getattr(self, k) for k in self._STATE}
+        # JSON has no tuple keys: each rung is [group, milestone, {trial_id: [metric, cost]}].
+        state["rungs"] = [
+            [group, milestone, {t: [float(a), float(c)] for t, (a, c) in points.items()}]
+            for (group, milestone), points in self._rungs.items()
+        ]
+        text = json.dumps({"format": "peftsearch.ParetoASHA/1", **state})
+        atomic_write(checkpoint_path, lambda tmp: tmp.write_text(text))
 
     def restore(self, checkpoint_path: str) -> None:
+        """Load what :meth:`save` wrote; anything else (a pickle) raises ``ValueError``."""
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = json.loads(f.read().decode("utf-8"))
+        if not isinstance(state, dict) or state.get("format") != "peftsearch.ParetoASHA/1":
+            raise ValueError(f"{checkpoint_path}: not a ParetoASHA state saved as JSON")
+        for k in self._STATE:
+            if k in state:
+                setattr(self, k, state[k])
+        self._rungs = {
+            (group, milestone): {t: (a, c) for t, (a, c) in points.items()}
+            for group, milestone, points in state["rungs"]
+        }

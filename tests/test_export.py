@@ -116,7 +116,7 @@ def test_cli_exports_the_best_trial_of_a_run(tmp_path, ray_local, tiny_bert, top
     )
     assert logits(model, data).shape == (24, 3)
     ckpt = best_checkpoint(res.run_dir, best["trial_id"], "val_accuracy", "max")
-    state = torch.load(ckpt / "state.pt", weights_only=False)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
     knobs = {k: v for k, v in json.loads((out / "trial_config.json").read_text()).items()}
     from trainables.trial import split_config
 

@@ -214,7 +214,8 @@ def tune_trainable(
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+            # Tensors and plain values only: a pickle planted in the run folder never runs.
+            resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
 
     import ray
 
