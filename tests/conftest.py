@@ -20,6 +20,8 @@ TOPICS = {
 }
 FILLER = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "on", "for", "with"]
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 32, 2, 2, 64
+DEBERTA_BUCKETS, DEBERTA_CONV, DEBERTA_EMBEDDING = 4, 3, 16  # relative buckets, conv kernel, E
+MODERNBERT_WINDOW = 4  # local attention: 2 tokens each side
 ARCHS = ("bert", "roberta", "distilbert", "deberta-v2", "modernbert")
 
 
@@ -87,11 +89,23 @@ def build_tiny(arch: str, out: Path) -> Path:
     elif arch == "deberta-v2":
         from transformers import DebertaV2Config
 
+        # Every optional module of DeBERTa-v2/v3: relative attention (log-bucketed positions,
+        # both c2p and p2c, separate positional projections), the normalised relative
+        # embeddings, the convolution after layer 0, an embedding projection (E != H).
         cfg = DebertaV2Config(
             hidden_size=HIDDEN,
             num_hidden_layers=LAYERS,
             num_attention_heads=HEADS,
             intermediate_size=INTERMEDIATE,
+            relative_attention=True,
+            position_buckets=DEBERTA_BUCKETS,
+            pos_att_type="p2c|c2p",
+            share_att_key=False,
+            norm_rel_ebd="layer_norm",
+            conv_kernel_size=DEBERTA_CONV,
+            conv_act="gelu",
+            embedding_size=DEBERTA_EMBEDDING,
+            pooler_dropout=0.1,
             **common,
         )
     elif arch == "modernbert":
@@ -103,11 +117,20 @@ def build_tiny(arch: str, out: Path) -> Path:
             "bos_token_id": tok.cls_token_id,
             "eos_token_id": tok.sep_token_id,
         }
+        # Global attention in layer 0, local attention (a window shorter than the test texts)
+        # in layer 1; mean pooling; dropout everywhere it can be (the default is none).
         cfg = ModernBertConfig(
             hidden_size=HIDDEN,
             num_hidden_layers=LAYERS,
             num_attention_heads=HEADS,
             intermediate_size=INTERMEDIATE,
+            global_attn_every_n_layers=2,
+            local_attention=MODERNBERT_WINDOW,
+            classifier_pooling="mean",
+            embedding_dropout=0.1,
+            attention_dropout=0.1,
+            mlp_dropout=0.1,
+            classifier_dropout=0.1,
             **ids,
             **common,
         )

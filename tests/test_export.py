@@ -17,7 +17,8 @@ from trainables.trial import build_model
 
 CASES = [
     ("full", {}, "transformers"),
-    ("linear_probe", {}, "transformers"),
+    ("linear_probe", {}, "transformers"),  # on BERT: classifier on the frozen pooler
+    ("head_only", {}, "transformers"),
     ("freeze", {"freeze_layers": 1}, "transformers"),
     ("bitfit", {}, "transformers"),
     ("lora", {"lora_rank": 2}, "peft"),
@@ -129,6 +130,27 @@ def test_cli_exports_the_best_trial_of_a_run(tmp_path, ray_local, tiny_bert, top
         text=True,
     )
     assert bad.returncode == 2 and "no such trial" in bad.stderr
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert", "deberta-v2", "modernbert"])
+def test_linear_probe_exports_beyond_bert(arch, tiny_models, data, tmp_path):
+    """linear_probe removes part of the native head: an in-house export that loads back."""
+    path = str(tiny_models[arch])
+    model = build_model(path, data, "linear_probe", {}, seed=0)
+    cfg = TrainConfig(learning_rate=1e-2, epochs=1, evals_per_epoch=1)
+    train(model, data.splits["train"], data.splits["validation"], cfg, 0, lambda m, s: None)
+    expected = logits(model, data)
+    rebuilt = rebuild(path, data.label_names, "linear_probe", {}, trainable_state(model))
+    torch.testing.assert_close(logits(rebuilt, data), expected)
+    manifest = {
+        "base_model": path,
+        "method": "linear_probe",
+        "knobs": {},
+        "label_names": data.label_names,
+    }
+    out = export(rebuilt, tmp_path / "out", manifest, path)
+    assert json.loads((out / MANIFEST).read_text())["format"] == "peftsearch"
+    torch.testing.assert_close(logits(load_model(out), data), expected)
 
 
 def test_modernbert_lora_exports(tiny_models, data, tmp_path):

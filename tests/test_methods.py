@@ -7,15 +7,16 @@ intermediate size I, vocabulary V, labels C). Adding a method adds a row.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import ARCHS
+from conftest import ARCHS, DEBERTA_BUCKETS, DEBERTA_CONV, DEBERTA_EMBEDDING
 from conftest import HIDDEN as H
 from conftest import INTERMEDIATE as I_
 from conftest import LAYERS as L
 
 from trainables.data import DatasetSpec, prepare
-from trainables.loop import TrainConfig, train
+from trainables.loop import TrainConfig, collate, train
 from trainables.methods import METHODS, apply_method
 from trainables.model import count_parameters, load_classifier, load_tokenizer
 from trainables.trial import build_model
@@ -23,8 +24,13 @@ from trainables.trial import build_model
 C = 3  # labels in the synthetic data set
 POS = 64  # max_position_embeddings
 BERT_LIKE_LAYER = 4 * (H * H + H) + 2 * H + (H * I_ + I_) + (I_ * H + H) + 2 * H
+# DeBERTa (share_att_key off, c2p and p2c): separate positional key and query projections.
+DEBERTA_LAYER = BERT_LIKE_LAYER + 2 * (H * H + H)
 # ModernBERT: no biases; fused Wqkv (3H) and Wi (gate + up, 2I); layer 0 has no attention norm.
 MODERN_LAYER = 3 * H * H + H * H + H + 2 * I_ * H + I_ * H
+E = DEBERTA_EMBEDDING  # DeBERTa's embedding width (projected to H)
+DEBERTA_REL = 2 * DEBERTA_BUCKETS * H + 2 * H  # relative embeddings + their LayerNorm
+DEBERTA_CONV_PARAMS = DEBERTA_CONV * H * H + H + 2 * H  # Conv1d + its LayerNorm (after layer 0)
 
 
 def head(arch: str) -> int:
@@ -44,7 +50,18 @@ def above_layers(arch: str) -> int:
 def layers(arch: str, n: int, first: int = 0) -> int:
     if arch == "modernbert":
         return n * MODERN_LAYER + sum(H for i in range(first, first + n) if i > 0)
-    return n * BERT_LIKE_LAYER
+    return n * (DEBERTA_LAYER if arch == "deberta-v2" else BERT_LIKE_LAYER)
+
+
+def between_layers(arch: str) -> int:
+    """Base-model parameters outside the layers that the layers use: DeBERTa's relative
+    embeddings (+ norm) and its convolution."""
+    return DEBERTA_REL + DEBERTA_CONV_PARAMS if arch == "deberta-v2" else 0
+
+
+def token_dim(arch: str) -> int:
+    """Width of the input embeddings (what a soft prompt is made of)."""
+    return E if arch == "deberta-v2" else H
 
 
 def embeddings(arch: str, vocab: int) -> int:
@@ -52,29 +69,47 @@ def embeddings(arch: str, vocab: int) -> int:
         "bert": vocab * H + POS * H + 2 * H + 2 * H,  # word, position, 2 token types, LayerNorm
         "roberta": vocab * H + POS * H + 1 * H + 2 * H,  # one token type
         "distilbert": vocab * H + POS * H + 2 * H,
-        "deberta-v2": vocab * H + POS * H + 2 * H,
+        "deberta-v2": vocab * E + POS * E + E * H + 2 * H,  # + projection E -> H (no bias)
         "modernbert": vocab * H + H,  # rotary positions; norm without bias
     }[arch]
 
 
 def full(arch: str, vocab: int) -> int:
-    return embeddings(arch, vocab) + layers(arch, L) + above_layers(arch) + head(arch)
+    return (
+        embeddings(arch, vocab)
+        + layers(arch, L)
+        + between_layers(arch)
+        + above_layers(arch)
+        + head(arch)
+    )
 
 
 def freeze(arch: str, k: int) -> int:
-    return layers(arch, L - k, first=k) + above_layers(arch) + head(arch)
+    # Only layers k.. and what runs after them train: DeBERTa's relative embeddings feed every
+    # layer (frozen), its convolution runs after layer 0 (trains only when k = 0).
+    conv = DEBERTA_CONV_PARAMS if arch == "deberta-v2" and k == 0 else 0
+    return layers(arch, L - k, first=k) + conv + above_layers(arch) + head(arch)
 
 
 def bitfit(arch: str) -> int:
     # embedding LayerNorm + per layer q, k, v, out, 2 LayerNorms, FFN out (7H) and FFN in (I)
     pooler = H if arch == "bert" else 0
-    return H + L * (7 * H + I_) + pooler + head(arch)
+    # DeBERTa: positional key and query projections per layer; relative-embedding norm, conv, conv norm
+    extra = L * 2 * H + 3 * H if arch == "deberta-v2" else 0
+    return H + L * (7 * H + I_) + pooler + extra + head(arch)
 
 
-def adapter(arch: str, m: int, variant: str) -> int:
+def layer_norms(arch: str) -> int:
+    """The LayerNorms inside the encoder layers (ModernBERT: no bias, none before layer 0's attention)."""
+    if arch == "modernbert":
+        return L * H + (L - 1) * H
+    return L * 2 * 2 * H
+
+
+def adapter(arch: str, m: int, variant: str, norms: bool = False) -> int:
     per_layer = {"houlsby": 2, "pfeiffer": 1}
     n = 1 if variant == "top" else L * per_layer[variant]
-    return n * (2 * H * m + m + H) + head(arch)
+    return n * (2 * H * m + m + H) + (layer_norms(arch) if norms else 0) + head(arch)
 
 
 def lora(arch: str, r: int, targets: str) -> int:
@@ -94,13 +129,18 @@ def ia3(arch: str, targets: str) -> int:
     return L * (kv + ffn) + head(arch)
 
 
+def prompt_tuning(arch: str, n: int) -> int:
+    return n * token_dim(arch) + head(arch)
+
+
 def p_tuning(arch: str, n: int, e: int, encoder: str) -> int:
-    if encoder == "mlp":  # H -> e -> e -> H
-        enc = (H * e + e) + (e * e + e) + (e * H + H)
-    else:  # 2-layer bidirectional LSTM (gates 4e, two bias vectors), then 2e -> 2e -> H
-        lstm = 2 * (4 * e * H + 4 * e * e + 8 * e) + 2 * (4 * e * 2 * e + 4 * e * e + 8 * e)
-        enc = lstm + (2 * e * 2 * e + 2 * e) + (2 * e * H + H)
-    return n * H + enc + head(arch)
+    D = token_dim(arch)
+    if encoder == "mlp":  # D -> e -> e -> D
+        enc = (D * e + e) + (e * e + e) + (e * D + D)
+    else:  # 2-layer bidirectional LSTM (gates 4e, two bias vectors), then 2e -> 2e -> D
+        lstm = 2 * (4 * e * D + 4 * e * e + 8 * e) + 2 * (4 * e * 2 * e + 4 * e * e + 8 * e)
+        enc = lstm + (2 * e * 2 * e + 2 * e) + (2 * e * D + D)
+    return n * D + enc + head(arch)
 
 
 def prefix(arch: str, n: int, p: int | None) -> int:
@@ -112,15 +152,22 @@ def prefix(arch: str, n: int, p: int | None) -> int:
 # (method, knobs, formula(arch, vocab), architectures it cannot apply to)
 CASES = [
     ("full", {}, lambda a, v: full(a, v), ()),
-    ("linear_probe", {}, lambda a, v: head(a), ()),
+    ("linear_probe", {}, lambda a, v: H * C + C, ()),  # one linear layer, on every architecture
+    ("head_only", {}, lambda a, v: head(a), ()),
     ("freeze", {"freeze_layers": 1}, lambda a, v: freeze(a, 1), ()),
     ("freeze", {"freeze_layers": L}, lambda a, v: freeze(a, L), ()),
     ("bitfit", {}, lambda a, v: bitfit(a), ("modernbert",)),  # ModernBERT has no biases
     ("adapter", {"adapter_size": 4}, lambda a, v: adapter(a, 4, "pfeiffer"), ()),
-    (
+    (  # adapter_train_layernorm auto: on for houlsby
         "adapter",
         {"adapter_size": 8, "adapter_variant": "houlsby"},
-        lambda a, v: adapter(a, 8, "houlsby"),
+        lambda a, v: adapter(a, 8, "houlsby", norms=True),
+        (),
+    ),
+    (
+        "adapter",
+        {"adapter_size": 4, "adapter_train_layernorm": True},
+        lambda a, v: adapter(a, 4, "pfeiffer", norms=True),
         (),
     ),
     (
@@ -138,11 +185,11 @@ CASES = [
     ),
     ("ia3", {}, lambda a, v: ia3(a, "kv_ffn"), ()),
     ("ia3", {"ia3_targets": "kv"}, lambda a, v: ia3(a, "kv"), ()),
-    ("prompt_tuning", {"prompt_length": 4}, lambda a, v: 4 * H + head(a), ()),
+    ("prompt_tuning", {"prompt_length": 4}, lambda a, v: prompt_tuning(a, 4), ()),
     (
         "prompt_tuning",
         {"prompt_length": 6, "prompt_init": "text"},
-        lambda a, v: 6 * H + head(a),
+        lambda a, v: prompt_tuning(a, 6),
         (),
     ),
     (
@@ -239,24 +286,117 @@ def test_unknown_method_and_knob_are_rejected(tiny_bert):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_counts_of_knob_variants(arch, tiny_models, datasets):
+    """Variants the training table leaves out (counted only): freeze 0, houlsby without norms."""
+    path, data = str(tiny_models[arch]), datasets[arch]
+    vocab = len(load_tokenizer(path))
+    # freeze 0: everything but the embeddings and what feeds every layer (DeBERTa's conv trains).
+    expected = (
+        full(arch, vocab) - embeddings(arch, vocab) - (DEBERTA_REL if arch == "deberta-v2" else 0)
+    )
+    assert (
+        count_parameters(build_model(path, data, "freeze", {"freeze_layers": 0}, 0))[0] == expected
+    )
+    knobs = {"adapter_size": 8, "adapter_variant": "houlsby", "adapter_train_layernorm": False}
+    model = build_model(path, data, "adapter", knobs, 0)
+    assert count_parameters(model)[0] == adapter(arch, 8, "houlsby")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_applies_on_the_meta_device(arch, tiny_models):
+    """``validate`` applies methods to a weightless model: freeze picks the same parameters there."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trainables.model import load_config
+
+    config = load_config(str(tiny_models[arch]))
+    config.num_labels = C
+    for k in (0, 1, L):
+        with torch.device("meta"):
+            meta = AutoModelForSequenceClassification.from_config(config)
+        meta = apply_method(meta, "freeze", {"freeze_layers": k})
+        real = apply_method(
+            load_classifier(str(tiny_models[arch]), C), "freeze", {"freeze_layers": k}
+        )
+        assert [n for n, p in meta.named_parameters() if p.requires_grad] == [
+            n for n, p in real.named_parameters() if p.requires_grad
+        ]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_methods_count_the_head_once(arch, tiny_models, datasets):
+    """total_params: the full model + the prompt's parameters (peft's frozen head copy left out)."""
+    path, data = str(tiny_models[arch]), datasets[arch]
+    full_total = count_parameters(build_model(path, data, "full", {}, 0))[1]
+    for method, knobs in [
+        ("prompt_tuning", {"prompt_length": 4}),
+        ("p_tuning", {"prompt_length": 4}),
+    ]:
+        trainable, total = count_parameters(build_model(path, data, method, knobs, 0))
+        assert total == full_total + trainable - head(arch), method
+
+
+PAIRS = [
+    f"goal team {i}\t{'chip data' if i % 2 else 'goal win'}\t{'same' if i % 2 == 0 else 'diff'}"
+    for i in range(60)
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_pair_tasks_train_on_every_architecture(arch, tiny_models, tmp_path):
-    """Sentence pairs (segment ids where the model has them) through full, prefix and prompt methods."""
-    from trainables.trial import run_trial
+    """Sentence pairs (segment ids where the model has them) through full, prefix and prompt methods.
+
+    Every example has the same first text (its number is one unknown token): after
+    training, two examples of different labels differ in their second text only, and
+    their logits must differ - the second text reaches the model.
+    """
+    from trainables.trial import fit_data
 
     path = tmp_path / "pairs.tsv"
-    rows = [
-        f"goal team {i}\t{'chip data' if i % 2 else 'goal win'}\t{'same' if i % 2 == 0 else 'diff'}"
-        for i in range(60)
-    ]
-    path.write_text("premise\thypothesis\tlabel\n" + "\n".join(rows) + "\n")
+    path.write_text("premise\thypothesis\tlabel\n" + "\n".join(PAIRS) + "\n")
     spec = DatasetSpec(path=str(path), text="premise", text_pair="hypothesis")
     data = prepare(spec, load_tokenizer(str(tiny_models[arch])), 16, validation=0.2, test=0.2)
+    val = data.splits["validation"]
+    pair = np.array([int(np.argmax(val.labels == k)) for k in (0, 1)])
+    assert val.labels[pair[0]] != val.labels[pair[1]]
+    assert list(val.input_ids[pair[0]][:5]) == list(val.input_ids[pair[1]][:5])  # same first text
     methods = ["full", "prompt_tuning"] + ([] if arch == "deberta-v2" else ["prefix"])
     for method in methods:
-        out = run_trial(
-            {"method": method, "epochs": 1, "evals_per_epoch": 1},
-            data,
-            str(tiny_models[arch]),
-            lambda m, s: None,
-        )
-        assert 0.0 <= out["val_accuracy"] <= 1.0
+        model = build_model(str(tiny_models[arch]), data, method, {}, seed=0)
+        fitted = fit_data(model, data)
+        cfg = TrainConfig(epochs=1, evals_per_epoch=1)
+        train(model, fitted.splits["train"], fitted.splits["validation"], cfg, 0, lambda m, s: None)
+        batch = collate(fitted.splits["validation"], pair, 0, torch.device("cpu"))
+        with torch.no_grad():
+            logits = model.eval()(**batch).logits
+        assert not torch.allclose(logits[0], logits[1], atol=1e-6), method
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "deberta-v2"])  # prefix applies
+def test_prefix_logits_do_not_depend_on_the_padding_around_them(arch, pairs, tiny_models, datasets):
+    """An example alone and in a batch padded to a much longer example: the same logits."""
+    from trainables.trial import accepts_token_types
+
+    path = str(tiny_models[arch])
+    model = build_model(path, datasets[arch], "prefix", {"prefix_length": 4}, seed=0).eval()
+    with torch.no_grad():
+        model.prefix_encoder.embedding.normal_(std=1.0)  # a prefix that matters
+    tok = load_tokenizer(path)
+    short = ("goal team", "chip data") if pairs else ("goal team",)
+    long_ = ("cheese " * 20, "bread " * 20) if pairs else ("cheese bread " * 20,)
+
+    def logits(examples):
+        enc = tok(*zip(*examples), padding=True, return_tensors="pt")
+        if not accepts_token_types(model):
+            enc.pop("token_type_ids", None)
+        with torch.no_grad():
+            return model(**enc).logits
+
+    alone = logits([short])
+    padded = logits([short, long_])
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+    # ... and the prefix is in play: another prefix, other logits.
+    with torch.no_grad():
+        model.prefix_encoder.embedding.normal_(std=1.0)
+    assert not torch.allclose(logits([short])[0], alone[0], atol=1e-4)

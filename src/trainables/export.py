@@ -1,10 +1,12 @@
 """Export a trained trial as files standard tools load; load any export in one line.
 
-* ``full``, ``freeze``, ``bitfit``, ``linear_probe``: a transformers model
+* ``full``, ``freeze``, ``bitfit``, ``head_only``, and ``linear_probe`` on
+  BERT (whose head already is one linear layer): a transformers model
   directory - ``AutoModelForSequenceClassification.from_pretrained(OUT)``.
 * ``lora``, ``ia3``, ``prompt_tuning``, ``p_tuning``: a peft adapter directory -
   ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=C), OUT)``.
-* ``adapter``, ``prefix`` (in-house modules): the trained parameters in
+* ``adapter``, ``prefix`` (in-house modules) and ``linear_probe`` elsewhere
+  (the native head reduced to its classifier): the trained parameters in
   ``trainable.safetensors`` - ``trainables.export.load_model(OUT)``.
 
 Every export holds ``peftsearch.json`` (base model, method, knobs, labels),
@@ -26,8 +28,15 @@ from trainables.model import load_classifier, load_tokenizer
 
 MANIFEST = "peftsearch.json"
 TRAINABLE_FILE = "trainable.safetensors"
-TRANSFORMERS_METHODS = ("full", "freeze", "bitfit", "linear_probe")
+TRANSFORMERS_METHODS = ("full", "freeze", "bitfit", "head_only")
 PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "p_tuning")
+
+
+def export_format(method: str, model_type: str) -> str:
+    """``transformers``, ``peft`` or ``peftsearch`` (``trainable.safetensors``) for a method."""
+    if method in TRANSFORMERS_METHODS or (method == "linear_probe" and model_type == "bert"):
+        return "transformers"
+    return "peft" if method in PEFT_METHODS else "peftsearch"
 
 
 def rebuild(
@@ -59,19 +68,16 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    method = manifest["method"]
-    if method in TRANSFORMERS_METHODS:
+    fmt = export_format(manifest["method"], model.config.model_type)
+    if fmt == "transformers":
         model.save_pretrained(out, safe_serialization=True)
-        fmt = "transformers"
-    elif method in PEFT_METHODS:
+    elif fmt == "peft":
         _to_peft(model, manifest, model_name).save_pretrained(out, safe_serialization=True)
-        fmt = "peft"
     else:
         trained = {
             n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
         }
         save_file(trained, str(out / TRAINABLE_FILE))
-        fmt = "peftsearch"
     load_tokenizer(model_name).save_pretrained(out)
     (out / MANIFEST).write_text(json.dumps({**manifest, "format": fmt}, indent=2, default=str))
     return out

@@ -1,17 +1,22 @@
 """Frozen-feature cache: encode once, train the top many times.
 
-Methods that train only above a frozen encoder - ``linear_probe``, ``adapter``
-with placement ``top``, ``freeze`` with every layer frozen - see the encoder
-only through its last layer's [CLS] vector (the head of these architectures
-reads token 0, and a top adapter is position-wise). So the driver computes
-those vectors once per search and split (eval mode: no dropout), and such a
-trial trains :class:`FeatureHead`, which runs the model's own top modules on
-them. The parameters are the model's own: counts, checkpoints and exports
-are the same as without the cache.
+Methods that train only above a frozen encoder - ``linear_probe``,
+``head_only``, ``adapter`` with placement ``top``, ``freeze`` with every layer
+frozen - see the encoder only through the vector its head reads: the last
+layer's first token (the head of BERT-, RoBERTa-, DistilBERT- and
+DeBERTa-style models reads token 0; a top adapter is position-wise) or, for
+ModernBERT, its pooled final-normed states. So the driver computes those
+vectors once per search and split, and such a trial trains
+:class:`FeatureHead`, which runs the model's own top modules on them. The
+parameters are the model's own: counts, checkpoints and exports are the same
+as without the cache. Without the cache the frozen encoder runs in eval mode
+while training too (:func:`trainables.model.train_mode`), as the cache
+computed it: both paths train the same function.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -25,16 +30,21 @@ from trainables.loop import collate
 from trainables.methods._arch import encoder_layers
 
 # Architectures whose head reads the last layer's token 0 with nothing trainable in between
-# but their own pooler. (ModernBERT has a final norm and may mean-pool: not cached.)
-CACHEABLE_ARCHS = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
+# but their own pooler.
+TOKEN_ZERO_ARCHS = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
+# ModernBERT's head reads the final norm's output, pooled (cls or mean): the cache holds that
+# vector, so only methods that freeze the final norm (linear_probe, head_only) use it.
+CACHEABLE_ARCHS = (*TOKEN_ZERO_ARCHS, "modernbert")
 
 
 def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
     """Whether this configuration trains only above the frozen encoder."""
     if config.model_type not in CACHEABLE_ARCHS:
         return False
-    if method == "linear_probe":
+    if method in ("linear_probe", "head_only"):
         return True
+    if config.model_type not in TOKEN_ZERO_ARCHS:
+        return False
     if method == "adapter":
         return knobs.get("adapter_placement") == "top"
     if method == "freeze":
@@ -42,15 +52,30 @@ def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
     return False
 
 
+def head_input(
+    model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The vector cached per example: from the base model's last hidden states, what the head reads."""
+    config = model.config
+    if config.model_type == "modernbert" and config.classifier_pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    return hidden[:, 0]
+
+
 def tail_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The model's own modules from the last layer's [CLS] vector to the logits."""
+    """The model's own modules from the cached vector to the logits (what its forward runs)."""
     kind = model.config.model_type
     if kind == "bert":
         return model.classifier(model.dropout(model.bert.pooler(h[:, None])))
     if kind == "distilbert":
-        return model.classifier(model.dropout(nn.functional.relu(model.pre_classifier(h))))
+        if hasattr(model, "pre_classifier"):  # linear_probe removes it (and the ReLU)
+            h = nn.functional.relu(model.pre_classifier(h))
+        return model.classifier(model.dropout(h))
     if kind == "deberta-v2":
         return model.classifier(model.dropout(model.pooler(h[:, None])))
+    if kind == "modernbert":
+        return model.classifier(model.drop(model.head(h)))
     return model.classifier(h[:, None])  # RoBERTa-style heads read features[:, 0]
 
 
@@ -75,17 +100,23 @@ class FeatureHead(nn.Module):
 def encode_features(
     model: nn.Module, split: Encoded, pad_id: int, batch_size: int = 64, bar=None
 ) -> np.ndarray:
-    """Last-layer [CLS] vectors of the (frozen, pretrained) encoder for one split."""
+    """The vectors the head reads (see :func:`head_input`) from the frozen, pretrained encoder."""
     base = getattr(model, model.base_model_prefix).eval()
     device = next(base.parameters()).device
     plain = replace(split, features=None)  # collate pads token ids, not features
     out = np.empty((len(split), model.config.hidden_size), dtype=np.float32)
+    takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters and (
+        getattr(model.config, "type_vocab_size", 2) >= 2
+    )
     order = np.argsort([len(s) for s in split.input_ids], kind="stable")  # little padding
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         inputs = collate(plain, idx, pad_id, device)
         inputs.pop("labels")
-        out[idx] = base(**inputs).last_hidden_state[:, 0].float().cpu().numpy()
+        if not takes_token_types:  # as the uncached trial does (trial.fit_data)
+            inputs.pop("token_type_ids", None)
+        hidden = base(**inputs).last_hidden_state
+        out[idx] = head_input(model, hidden, inputs["attention_mask"]).float().cpu().numpy()
         if bar is not None:
             bar.update(len(idx))
     return out

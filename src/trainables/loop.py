@@ -127,7 +127,9 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, pad_id: int) -> d
         out = model(**inputs)
         loss_sum += out.loss.item() * len(inputs["labels"])
         correct += (out.logits.argmax(-1) == inputs["labels"]).sum().item()
-    model.train(was_training)
+    from trainables.model import train_mode  # the frozen bottom stays in eval mode
+
+    train_mode(model, was_training)
     return {"val_accuracy": correct / len(data), "val_loss": loss_sum / len(data)}
 
 
@@ -221,7 +223,9 @@ def train(
         step, elapsed, best = resume["step"], resume["elapsed"], resume["best"]
         torch.set_rng_state(resume["rng"])
 
-    model.train()
+    from trainables.model import train_mode  # the frozen bottom stays in eval mode
+
+    train_mode(model)
     started = time.perf_counter() - elapsed
     loss_sum, loss_n, metrics = 0.0, 0, {}
     orders: dict[int, np.ndarray] = {}

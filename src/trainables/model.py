@@ -82,8 +82,13 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters of the built model, each tensor counted once."""
-    seen: set[int] = set()
+    """(trainable, total) parameters of the built model, each tensor counted once.
+
+    peft's ``modules_to_save`` (the head of a prompt method) keeps the frozen
+    original beside the trained copy, a distinct tensor: the original is left
+    out, so the head counts once, as in every other method.
+    """
+    seen = {id(p) for p in _peft_originals(model)}
     trainable = total = 0
     for p in model.parameters():
         if id(p) in seen:
@@ -93,6 +98,64 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def _peft_originals(model: nn.Module) -> list[nn.Parameter]:
+    """The frozen originals that peft's ``modules_to_save`` wrappers keep beside their copies."""
+    try:
+        from peft.utils.other import ModulesToSaveWrapper
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return []
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, ModulesToSaveWrapper) and m.original_module is not None
+        for p in m.original_module.parameters()
+    ]
+
+
+def train_mode(model: nn.Module, mode: bool = True) -> nn.Module:
+    """``model.train(mode)``, with the frozen bottom of the encoder in eval mode while training.
+
+    The frozen bottom is every block of the base encoder (the embeddings,
+    each layer, DeBERTa's convolution, ...; see ``methods._arch.base_blocks``)
+    that has finished running before the first trainable parameter is used:
+    the embeddings and the layers below the lowest layer with a trainable
+    parameter, the whole encoder where only the head (or a top adapter)
+    trains, nothing where a soft prompt enters before the embeddings. It runs
+    without dropout, as the feature cache computed it, so a cached and an
+    uncached trial train the same function. Modules holding a trainable
+    parameter keep ``mode``.
+    """
+    model.train(mode)
+    if not mode:
+        return model
+    from transformers import PreTrainedModel
+
+    from trainables.methods._arch import base_blocks, run_order
+
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if hf is None:
+        return model
+    order = run_order(model)
+    trainable = [
+        name
+        for name, m in model.named_modules()
+        if any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    modules = dict(model.named_modules())
+    first = float("inf")
+    for name in trainable:
+        # A module that is not called itself (peft's IA3 vectors) is used inside its nearest caller.
+        while modules[name] not in order and name:
+            name = name.rpartition(".")[0]
+        first = min(first, order.get(modules[name], (0, 0))[0])
+    for block, _ in base_blocks(hf):
+        if block in order and order[block][1] < first:
+            for m in block.modules():
+                if not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+    return model
 
 
 def set_threads(num: int) -> None:

@@ -14,6 +14,7 @@ from trainables.methods import (
     bitfit,
     freeze,
     full,
+    head_only,
     ia3,
     linear_probe,
     lora,
@@ -28,6 +29,7 @@ METHODS: dict[str, Method] = {
     for m in (
         full.METHOD,
         linear_probe.METHOD,
+        head_only.METHOD,
         freeze.METHOD,
         bitfit.METHOD,
         adapter.METHOD,

@@ -100,3 +100,84 @@ def layer_index(name: str) -> int | None:
     """The encoder layer a parameter belongs to, or None (embeddings, pooler, head)."""
     m = re.search(r"\blayers?\.(\d+)\.", name)
     return int(m.group(1)) if m else None
+
+
+def base_blocks(model: nn.Module) -> list[tuple[nn.Module, int | None]]:
+    """The base encoder cut into blocks: (module, layer index or None), in definition order.
+
+    Every encoder layer is a block, and so is every largest module outside the
+    layer list that holds no layer: the embeddings, BERT's pooler, DeBERTa's
+    relative embeddings, their norm and the convolution after layer 0,
+    ModernBERT's final norm. Every parameter of the base model is in one block.
+    """
+    layers = encoder_layers(model)
+
+    def cut(module: nn.Module) -> list[tuple[nn.Module, int | None]]:
+        out: list[tuple[nn.Module, int | None]] = []
+        for child in module.children():
+            if child is layers:
+                out.extend((layer, i) for i, layer in enumerate(child))
+            elif any(m is layers for m in child.modules()):
+                out.extend(cut(child))
+            else:
+                out.append((child, None))
+        return out
+
+    return cut(getattr(model, model.base_model_prefix))
+
+
+def run_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
+    """When each module of ``model`` first starts and ends in a forward: module -> (start, end).
+
+    One tiny forward (four tokens, eval mode, no gradient: no dropout, the RNG
+    is untouched, the modes are restored) of the outermost module that takes
+    ``input_ids``. Starts count module calls; a module's end is the count when
+    its first call returns, before its other forward hooks (a top adapter runs
+    in one). Modules that never run (DeBERTa's relative embeddings are read as
+    a weight) are absent.
+    """
+    import inspect
+
+    import torch
+
+    runner = next(
+        m for m in model.modules() if "input_ids" in inspect.signature(m.forward).parameters
+    )
+    modes = {m: m.training for m in model.modules()}
+    starts: dict[nn.Module, int] = {}
+    ends: dict[nn.Module, int] = {}
+    clock = [0]
+
+    def pre(module, args):
+        clock[0] += 1
+        starts.setdefault(module, clock[0])
+
+    def post(module, args, output):
+        ends.setdefault(module, clock[0])
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post, prepend=True))
+    try:
+        device = next(model.parameters()).device
+        ids = torch.ones(1, 4, dtype=torch.long, device=device)
+        model.eval()
+        # On the meta device (``validate`` applies methods to a weightless model) some
+        # mask code reads values: BERT's without a mask, DeBERTa's with one.
+        tries = [{"attention_mask": torch.ones_like(ids)}, {}]
+        for i, kwargs in enumerate(tries):
+            starts.clear(), ends.clear()
+            try:
+                with torch.no_grad():
+                    runner(input_ids=ids, **kwargs)
+                break
+            except RuntimeError:
+                if i == len(tries) - 1 or device.type != "meta":
+                    raise
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return {m: (starts[m], ends.get(m, clock[0])) for m in starts}

@@ -92,7 +92,9 @@ def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
         task_type="SEQ_CLS",
         modules_to_save=head_modules(model),
         # peft reads these from the config under their usual names; DistilBERT's differ.
-        token_dim=c.hidden_size,
+        # The prompt joins the input embeddings, which can be narrower than the hidden
+        # states (DeBERTa's and ELECTRA's embedding_size, projected up in the embeddings).
+        token_dim=model.get_input_embeddings().embedding_dim,
         num_attention_heads=c.num_attention_heads,
         num_layers=c.num_hidden_layers,
         **kwargs,

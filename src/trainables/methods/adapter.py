@@ -6,7 +6,10 @@ after the feed-forward output projection of every layer (variant
 projections (``houlsby``); placement ``top`` puts a single one on the
 encoder's final hidden states. ``up`` starts at zero, so the adapted model
 begins exactly as the pretrained one. Parameters per adapter:
-``2 * hidden * size + size + hidden``.
+``2 * hidden * size + size + hidden``. With ``adapter_train_layernorm`` (by
+default on for ``houlsby``, as in the paper, off for ``pfeiffer``) the
+LayerNorms inside the adapted layers train too; a ``top`` adapter sits in no
+layer, so it trains none.
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     ]
     if not targets:
         raise ValueError(f"adapter: no target projection found in {type(model).__name__}")
+    norms = knobs["adapter_train_layernorm"]
+    if norms == "auto":
+        norms = knobs["adapter_variant"] == "houlsby"
+    if norms:
+        for layer in encoder_layers(model):
+            for m in layer.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.requires_grad_(True)
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -109,6 +120,13 @@ METHOD = Method(
         ),
         Knob(
             "adapter_activation", "choice", "relu", choices=tuple(ACTIVATIONS), help="non-linearity"
+        ),
+        Knob(
+            "adapter_train_layernorm",
+            "choice",
+            "auto",
+            choices=("auto", True, False),
+            help="placement layer: train the layers' LayerNorms too; auto: for houlsby (as in the paper), not pfeiffer",
         ),
     ),
 )

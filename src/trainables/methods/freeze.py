@@ -1,6 +1,12 @@
-"""Partial freezing: the embeddings and the bottom ``freeze_layers`` layers are frozen.
+"""Partial freezing: everything below encoder layer ``freeze_layers`` is frozen.
 
-What lies above - upper layers, the pooler or final norm, the head - trains.
+Layers ``k..`` train, and so does whatever runs after layer ``k`` starts
+(after the last layer when every layer is frozen): BERT's pooler, ModernBERT's
+final norm, DeBERTa's convolution when ``k = 0`` (it runs after layer 0), the
+head. The rest stays frozen: the embeddings and what feeds every layer
+(DeBERTa's relative embeddings and their norm). So "the bottom ``k`` layers
+frozen" holds, and with ``k`` = all layers nothing below the head's input
+trains (the feature cache trains the same parameters).
 """
 
 from __future__ import annotations
@@ -9,28 +15,30 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import encoder_layers, layer_index
-from trainables.methods._base import Knob, Method
+from trainables.methods._arch import base_blocks, encoder_layers, run_order
+from trainables.methods._base import Knob, Method, freeze_base
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-    """Freeze the embeddings and layers ``0 .. freeze_layers - 1``."""
+    """Freeze everything that runs before layer ``freeze_layers`` (see the module docstring)."""
     k = knobs["freeze_layers"]
-    n_layers = len(encoder_layers(model))
-    if k > n_layers:
-        raise ValueError(f"freeze: freeze_layers={k} but the model has {n_layers} layers")
-    prefix = model.base_model_prefix + "."
-    for name, p in model.named_parameters():
-        idx = layer_index(name)
-        frozen = name.startswith(prefix) and ("embeddings" in name or (idx is not None and idx < k))
-        p.requires_grad_(not frozen)
+    layers = encoder_layers(model)
+    if k > len(layers):
+        raise ValueError(f"freeze: freeze_layers={k} but the model has {len(layers)} layers")
+    freeze_base(model)  # the head trains
+    order = run_order(model)
+    cut = order[layers[k]][0] if k < len(layers) else order[layers[-1]][1]
+    for block, _ in base_blocks(model):
+        # A block that never runs as a module (DeBERTa's relative embeddings) feeds the layers.
+        if block in order and order[block][0] >= cut:
+            block.requires_grad_(True)
     return model
 
 
 METHOD = Method(
     name="freeze",
     apply=apply,
-    help="the bottom k layers and the embeddings frozen; upper layers + head train",
+    help="the embeddings and the bottom k layers frozen; upper layers (and what follows them) + head train",
     knobs=(
         Knob(
             "freeze_layers",
