@@ -287,6 +287,13 @@ def test_confirm_retrains_on_seeds_and_reads_test_once(finished_run, ray_local):
     assert len(df) == 4 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert sorted(df["seed"].unique()) == [0, 1]
     assert df["test_accuracy"].between(0, 1).all()
+    # Test is read once per run, at the retraining's best validation round (earliest on a tie).
+    assert (df["test_evaluations"] == 1).all()
+    for _, row in df.iterrows():
+        rounds = json.loads(row["val_rounds_json"])
+        assert len(rounds) == 4  # every validation round of the retraining, recorded
+        assert row["test_step"] == max(rounds, key=lambda r: r[1])[0]
+        assert row["best_val_accuracy"] == max(r[1] for r in rounds)
     top2 = res.trials.sort_values("val_accuracy", ascending=False)["trial_id"].head(2)
     assert set(df["trial_id"]) == set(top2)
     assert (res.run_dir / "confirm.parquet").exists()
