@@ -105,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="write a trial's trained model where standard tools load it",
         description="Export the best trial (--best) or one trial (--trial ID) of RUN_DIR to OUT_DIR: a "
-        "transformers model directory (full, freeze, bitfit, linear_probe), a peft adapter directory (lora, "
-        "ia3, prompt_tuning, p_tuning) or trainable.safetensors (adapter, prefix); safetensors only; with "
+        "transformers model directory (full, freeze, bitfit, head_only; linear_probe on BERT), a peft "
+        "adapter directory (lora, ia3, prompt_tuning, p_tuning) or trainable.safetensors (adapter, "
+        "prefix; linear_probe elsewhere); safetensors only; with "
         "trial_config.json, metrics.json and peftsearch.json. Any export loads with "
         "trainables.export.load_model(OUT_DIR). --best skips trials that failed. OUT_DIR must "
         "be new or empty; --force replaces a previous export and nothing else.",
@@ -114,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     which = ex.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--best", action="store_true", help="the trial with the best validation accuracy"
+        "--best",
+        action="store_true",
+        help="the trial with the best round of the run's ranking metric (search.objectives[0])",
     )
     which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
     ex.add_argument(
