@@ -90,10 +90,13 @@ def lines() -> list[tuple[str, str, str, str]]:
                     f"{'yes' if ckpt <= 0.7 else 'no'}"))  # fmt: skip
     if r := _load("quality"):
         v = r["verdicts"]
-        out.append(("quality", "; ".join(f"{t}: full {x['full']}, best ≤1% {x['best_under_1pct']}, "
-                    f"best {x['best']}" for t, x in v.items()), "≤1% params within 1 pt of full",
-                    ", ".join(f"{t}: {'yes' if x['under_1pct_within_1pt'] else 'no'}"
-                              for t, x in v.items())))  # fmt: skip
+        out.append(("quality", "; ".join(
+            f"{t}: full {x['full']} ± {x.get('full_std')}, {x.get('under_1pct_method')} (best ≤1% by "
+            f"validation) {x['best_under_1pct']} ± {x.get('best_under_1pct_std')}, "
+            f"{x.get('best_method')} (best by validation) {x['best']} ± {x.get('best_std')}"
+            for t, x in v.items()), "≤1% params within 1 pt of full (test, methods picked on "
+            "validation)", ", ".join(f"{t}: {'yes' if x['under_1pct_within_1pt'] else 'no'}"
+                                     for t, x in v.items())))  # fmt: skip
     if r := _load("report_scale"):
         k = next(x for x in r["rows"] if x["trials"] == 1000)
         out.append(("report_scale", f"1,000 trials: {k['build_s']} s, {k['html_mb']} MB",
@@ -109,20 +112,23 @@ def quality_lines() -> list[str]:
     r = _load("quality")
     if not r:
         return []
-    caps = {
-        t: f"{v.get('train_cap', r['train_cap'])} training examples"
+    caps = ", ".join(
+        f"{t}: {v['train_cap']} training examples, {v['trials_per_method']} trials per method"
         for t, v in r["verdicts"].items()
-    }
-    out = ["Quality: MiniLM, a Pareto search per task, then `confirm --per-method` (3 seeds, "
-           "test mean ± std); " + ", ".join(f"{t}: {c}" for t, c in caps.items()) + ".", "",
-           "| task | method | trainable % | test accuracy | published, other models |",
-           "|---|---|---|---|---|"]  # fmt: skip
+    )
+    out = ["Quality: MiniLM; per task and method a search of its own, then the method's best "
+           "configuration by validation retrained over 3 seeds and read once on the whole test "
+           "split (mean ± std over seeds); " + caps + ". Validation is the retrained validation "
+           "accuracy (mean); gap = validation - test.", "",
+           "| task | method | trainable % | validation | test accuracy | gap | published, other models |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for task, v in r["verdicts"].items():
         rows = sorted((x for x in r["rows"] if x["task"] == task), key=lambda x: x["trainable_%"])
         for i, x in enumerate(rows):
             context = v["published_context"] if i == 0 else ""
-            out.append(f"| {task} | {x['method']} | {x['trainable_%']:g} | "
-                       f"{x['test_acc_mean']:.2f} ± {x['test_acc_std']:.2f} | {context} |")  # fmt: skip
+            out.append(f"| {task} | {x['method']} | {x['trainable_%']:g} | {x['val_acc_mean']:.2f} | "
+                       f"{x['test_acc_mean']:.2f} ± {x['test_acc_std']:.2f} | {x['val_test_gap']:+.2f} | "
+                       f"{context} |")  # fmt: skip
     return out
 
 
