@@ -12,6 +12,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import Space
+from trainables.loop import improves
 
 
 class DefineByRun:
@@ -68,10 +69,8 @@ class PeftOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Keep each trial's best round of the ranking metric: what Optuna is told at the end.
         metric, mode = self._ranking()
-        if metric in result:
-            value, prev = result[metric], self._best.get(trial_id)
-            if prev is None or (value > prev if mode == "max" else value < prev):
-                self._best[trial_id] = value
+        if metric in result and improves(result[metric], self._best.get(trial_id), mode):
+            self._best[trial_id] = result[metric]
         return super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):

@@ -67,6 +67,14 @@ class TrainConfig:
         return self.epochs * self.evals_per_epoch
 
 
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) in ``mode`` (``max`` / ``min``).
+
+    Strictly: on a tie the earlier round stays the best one.
+    """
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 def eval_steps(n_train: int, cfg: TrainConfig) -> list[int]:
     """The global steps after which a trial evaluates (the last one ends training).
 

@@ -23,6 +23,7 @@ from trainables.loop import (
     TrainConfig,
     eval_steps,
     evaluate,
+    improves,
     train,
     trainable_state,
 )
@@ -124,9 +125,8 @@ def run_trial(
     best: dict[str, Any] = {"score": None, "step": None, "state": None}
 
     def report(metrics: dict, get_state) -> None:
-        score, prev = metrics[metric], best["score"]
-        if prev is None or (score > prev if mode == "max" else score < prev):
-            best.update(score=score, step=metrics["step"])
+        if improves(metrics[metric], best["score"], mode):
+            best.update(score=metrics[metric], step=metrics["step"])
             if test:
                 best["state"] = trainable_state(model)
         on_eval({**metrics, **fixed}, get_state)
