@@ -64,7 +64,7 @@ def save(name: str, figures: dict[str, Any], quick: bool) -> Path:
 
     A benchmark killed while saving leaves the previous results whole.
     """
-    from reports.atomic import atomic_write
+    from trainables.atomic import atomic_write
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / (f"{name}.quick.json" if quick else f"{name}.json")

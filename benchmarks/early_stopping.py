@@ -53,7 +53,7 @@ SCHEDULERS = ("none", "asha", "pareto_asha", "asha per method", "pareto_asha per
 
 def hypervolume(trials, total_params: float) -> float:
     """Area dominated by the front in (log10 params, accuracy), up to (log10 total, 0)."""
-    from reports.pareto import healthy, pareto_front
+    from reports.figure_data import healthy, pareto_front
 
     front = pareto_front(healthy(trials))
     ref = math.log10(total_params)
@@ -66,7 +66,7 @@ def hypervolume(trials, total_params: float) -> float:
 
 def main() -> None:
     import search
-    from reports.pareto import healthy, pareto_front
+    from reports.figure_data import healthy, pareto_front
     from search.space import validate
 
     args = parser(__doc__.splitlines()[0]).parse_args()

@@ -41,7 +41,7 @@ AMORTISE_OVER = (1, 10, 100)  # trials sharing one feature pass
 def main() -> None:
     import dataclasses
 
-    from search.driver import prepare_data
+    from search.preflight import prepare_data
     from search.space import validate
     from trainables.features import add_features
     from trainables.trial import run_trial

@@ -26,7 +26,7 @@ from _common import CONFIGS, parser, save, table  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys
-from search.driver import prepare_data
+from search.preflight import prepare_data
 from search.space import validate
 from trainables.model import load_classifier
 from trainables.trial import run_trial

@@ -150,7 +150,7 @@ def order(runners: list, rep: int) -> list:
 
 
 def main() -> None:
-    from search.driver import prepare_data
+    from search.preflight import prepare_data
     from search.space import validate
     from trainables.loop import TrainConfig
     from trainables.trial import build_model

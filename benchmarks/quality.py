@@ -113,7 +113,7 @@ def main() -> None:
         print(f"{DATA} is missing: the quality benchmark needs ../shared/data; nothing to do")
         return
     import search
-    from reports.pareto import confirm_summary
+    from reports.figure_data import confirm_summary
     from search.confirm import confirm
     from search.space import validate
 

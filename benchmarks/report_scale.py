@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, nargs="*", default=None)
     args = p.parse_args()
     sizes = args.trials or ([100, 1000] if args.quick else [10, 100, 1000, 3000])
-    from reports.html import write_report
+    from search.results import write_report
 
     rows = []
     for n in sizes:

@@ -66,7 +66,7 @@ def main() -> None:
     from transformers import PreTrainedTokenizerBase
 
     import trainables.data as data_mod
-    from search.driver import prepare_data
+    from search.preflight import prepare_data
     from search.space import validate
     from trainables.model import load_classifier
     from trainables.trial import run_trial

@@ -1,4 +1,7 @@
-"""Render a run's Parquet files as one self-contained HTML page (plotly.js inline).
+"""Render a run's tables as one self-contained HTML page (plotly.js inline).
+
+It renders the DataFrames it is given; :func:`search.results.write_report`
+reads them from the run folder and writes the page.
 
 Every user-supplied string reaches the page escaped: table cells through
 ``html.escape``, figure text through plotly's JSON encoding.
@@ -8,12 +11,10 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 
 import pandas as pd
 
-from reports.atomic import atomic_write
-from reports.pareto import (
+from reports.figure_data import (
     best_per_method,
     compute_data,
     confirm_summary,
@@ -25,6 +26,7 @@ from reports.pareto import (
     ranking,
     run_metadata,
     scatter_data,
+    trial_counts,
 )
 from reports.svg import pareto_svg
 
@@ -206,10 +208,6 @@ def compute_figure(trials: pd.DataFrame):
     return fig
 
 
-LOG_KNOBS = {"learning_rate", "weight_decay", "adapter_size", "lora_rank", "prefix_length",
-             "prompt_length", "prefix_hidden", "prompt_encoder_size"}  # fmt: skip
-
-
 def knobs_figure(trials: pd.DataFrame, knobs: list[str]):
     """Best validation accuracy against each knob that varies, one panel per knob."""
     import plotly.graph_objects as go
@@ -237,7 +235,8 @@ def knobs_figure(trials: pd.DataFrame, knobs: list[str]):
             )  # fmt: skip
             shown.add(method)
         numeric = all(isinstance(v, (int, float)) for p in effects[knob].values() for v in p["x"])
-        if knob in LOG_KNOBS and numeric:
+        # The search records which knobs are log-scaled in the table's metadata.
+        if knob in trials.attrs.get("log_knobs", ()) and numeric:
             fig.update_xaxes(type="log", row=r, col=c)
     label = metric_label(ranking(trials)[0])
     fig.update_yaxes(title_text=label, col=1)
@@ -286,14 +285,13 @@ def _best_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary(trials: pd.DataFrame) -> pd.DataFrame:
+    c = trial_counts(trials)
     return pd.DataFrame(
         {
-            "trials": [len(trials)],
-            "finished": [
-                int(((trials["status"] == "TERMINATED") & ~trials["stopped_early"]).sum())
-            ],
-            "stopped early": [int(trials["stopped_early"].sum())],
-            "errored": [int((trials["status"] == "ERROR").sum())],
+            "trials": [c["trials"]],
+            "finished": [c["finished"]],
+            "stopped early": [c["stopped"]],
+            "errored": [c["errored"]],
             "trial time (s)": [round(float(trials["wall_time_s"].fillna(0).sum()), 1)],
         }
     )
@@ -323,7 +321,11 @@ def _confirm_table(confirmed: pd.DataFrame | None) -> str:
         }
     )
     failed = confirmed[confirmed["status"] != "ok"]
-    note = f"<p>{len(failed)} run(s) failed; see confirm.parquet.</p>" if len(failed) else ""
+    note = (
+        f"<p>{len(failed)} run(s) failed; their errors are in the confirm table.</p>"
+        if len(failed)
+        else ""
+    )
     n_test = confirmed["n_test"].iloc[0] if "n_test" in confirmed else "?"
     return (
         f"<p>Each configuration retrained with the seeds shown and evaluated once on the test split "
@@ -356,9 +358,13 @@ document.getElementById("js-status").textContent = JSON.stringify({
 
 
 def render(
-    trials: pd.DataFrame, curves: pd.DataFrame, title: str, confirmed: pd.DataFrame | None = None
+    trials: pd.DataFrame,
+    curves: pd.DataFrame,
+    title: str,
+    confirmed: pd.DataFrame | None = None,
+    figure_file: str | None = None,
 ) -> str:
-    """The report page as a string."""
+    """The report page as a string (``figure_file``: the static figure's name beside it)."""
     from plotly.offline import get_plotlyjs
 
     meta = run_metadata(trials)
@@ -377,6 +383,11 @@ def render(
         for k, f in figs.items()
     }
     t = html.escape(title)
+    static_copy = (
+        f"<p>Static copy: <code>{html.escape(figure_file)}</code> beside this file.</p>"
+        if figure_file
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>peftsearch: {t}</title>
 <style>
@@ -394,7 +405,7 @@ code {{ font-size: 0.85em; }}
 {table_html(_summary(trials))}
 <h2>Pareto front: trainable parameters vs {html.escape(metric_label(ranking(trials)[0]))}</h2>
 {divs["pareto"]}
-<p>Static copy: <code>pareto.svg</code> beside this file.</p>
+{static_copy}
 <h3>Pareto-optimal trials</h3>
 {table_html(pareto_table(trials))}
 <h3>Best trial per method</h3>
@@ -417,18 +428,14 @@ code {{ font-size: 0.85em; }}
 """
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Build ``report.html`` (and ``pareto.svg`` beside it) from the run's Parquet files, atomically."""
-    run_dir = Path(run_dir)
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    curves = pd.read_parquet(run_dir / "curves.parquet")
-    title = (
-        str(trials["run_name"].iloc[0]) if "run_name" in trials and len(trials) else run_dir.name
-    )
-    confirm_file = run_dir / "confirm.parquet"
-    confirmed = pd.read_parquet(confirm_file) if confirm_file.exists() else None
-    out = Path(out) if out else run_dir / "report.html"
-    page = render(trials, curves, title, confirmed)
+def render_report(
+    trials: pd.DataFrame,
+    curves: pd.DataFrame,
+    title: str,
+    confirmed: pd.DataFrame | None,
+    figure_file: str,
+) -> tuple[str, str]:
+    """(the report page, its static Pareto figure as SVG, which the page names ``figure_file``)."""
+    page = render(trials, curves, title, confirmed, figure_file)
     svg = pareto_svg(scatter_data(trials), _colors(trials["method"].dropna().unique()), title)
-    atomic_write(out.with_name("pareto.svg"), lambda tmp: tmp.write_text(svg, encoding="utf-8"))
-    return atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return page, svg

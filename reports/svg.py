@@ -1,6 +1,6 @@
 """A static SVG of the Pareto plot, for papers and slides (no browser, no kaleido).
 
-Drawn from the same :func:`reports.pareto.scatter_data` as the interactive
+Drawn from the same :func:`reports.figure_data.scatter_data` as the interactive
 figure: trainable parameters on a log x axis, the ranking metric on y, one
 colour per method, hollow markers for trials stopped early, the frontier as
 a dashed step line.
@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Any
 
-from reports.pareto import metric_label
+from reports.figure_data import metric_label
 
 W, H = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50

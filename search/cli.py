@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
+
+from search.rundir import CONFIRM_FILE, CURVES_FILE, REPORT_FILE, TRIALS_FILE
 
 EXIT_BAD_INPUT = 2
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a search (no arguments: the offline demo, spaces/quick.yaml)",
         description="Run a search: validate the space, tokenize once, run the trials with Ray Tune "
-        "(Optuna TPE + ASHA), write <storage>/<name>/{trials,curves}.parquet and report.html, "
+        f"(Optuna TPE + ASHA), write <storage>/<name>/{{{TRIALS_FILE}, {CURVES_FILE}}} and {REPORT_FILE}, "
         "print the Pareto table.",
     )
     r.add_argument(
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the trial with the best round of the run's ranking metric (search.objectives[0])",
     )
-    which.add_argument("--trial", metavar="ID", help="a trial id (trials.parquet, column trial_id)")
+    which.add_argument("--trial", metavar="ID", help=f"a trial id ({TRIALS_FILE}, column trial_id)")
     ex.add_argument(
         "out_dir",
         help="output folder: new or empty (export never deletes what it did not write)",
@@ -136,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain the chosen trials over seeds and evaluate once on the test split",
         description="Retrain RUN_DIR's Pareto-optimal configurations (or the top K by validation "
         "accuracy) with several seeds, in parallel through Ray, and evaluate each run once on the "
-        "test split, which the search never read. Writes RUN_DIR/confirm.parquet and adds test "
+        f"test split, which the search never read. Writes RUN_DIR/{CONFIRM_FILE} and adds test "
         "accuracy mean ± std to the report.",
     )
     con.add_argument("run_dir", help="a run folder (<storage>/<name>)")
@@ -151,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser(
         "results",
         help="print a run's trials as tables",
-        description="Print RUN_DIR's trials (from trials.parquet): a summary per method, then the "
+        description=f"Print RUN_DIR's trials (from {TRIALS_FILE}): a summary per method, then the "
         "top trials by validation accuracy, or the Pareto front with --pareto.",
     )
     res.add_argument("run_dir", help="a run folder (<storage>/<name>)")
@@ -162,11 +163,11 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "report",
-        help="(re)build report.html from a run's Parquet files",
+        help=f"(re)build {REPORT_FILE} from a run's Parquet files",
         description="Build the self-contained HTML report from RUN_DIR's Parquet files.",
     )
     rep.add_argument("run_dir", help="a run folder (<storage>/<name>)")
-    rep.add_argument("-o", "--output", help="output file (default: RUN_DIR/report.html)")
+    rep.add_argument("-o", "--output", help=f"output file (default: RUN_DIR/{REPORT_FILE})")
     return p
 
 
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from reports.pareto import pareto_table
+    from reports.figure_data import pareto_table, trial_counts
     from search.driver import run
 
     res = run(
@@ -218,17 +219,17 @@ def cmd_run(args) -> int:
         resume=args.resume,
         address=args.address,
     )
-    t = res.trials
     import pandas as pd
 
+    c = trial_counts(res.trials)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(
-            f"\n{len(t)} trials: {int((~t.stopped_early & (t.status == 'TERMINATED')).sum())} finished, "
-            f"{int(t.stopped_early.sum())} stopped early, {int((t.status == 'ERROR').sum())} errored"
+            f"\n{c['trials']} trials: {c['finished']} finished, {c['stopped']} stopped early, "
+            f"{c['errored']} errored"
         )
         print("\nPareto front (trainable parameters vs validation accuracy):")
-        print(pareto_table(t).to_string(index=False))
-    print(f"\nresults: {res.run_dir / 'trials.parquet'}, {res.run_dir / 'curves.parquet'}")
+        print(pareto_table(res.trials).to_string(index=False))
+    print(f"\nresults: {res.run.path(TRIALS_FILE)}, {res.run.path(CURVES_FILE)}")
     print(f"report:  {res.report}")
     if res.disk:
         print(f"checkpoints: {res.disk['checkpoint_mb']} MB on disk (the best one per trial)")
@@ -240,48 +241,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-EXPERIMENT_KEYS = (
-    "max_length",
-    "max_train_samples",
-    "max_eval_samples",
-    "seed",
-    "model",
-    "feature_cache",
-)
-
-
-def trial_config(space, method: str, sets: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """(flat trial config, experiment overrides) for ``peftsearch trial``."""
-    from search.space import SHARED_KNOBS, parse_value
-    from trainables.methods import get_method
-
-    m = get_method(method)
-    given, exp = {}, []
-    for item in sets:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        if key in EXPERIMENT_KEYS:
-            exp.append(f"experiment.{key}={text}")
-        elif key in SHARED_KNOBS or m.knob(key):
-            given[key] = parse_value(text)
-        else:
-            raise ValueError(
-                f"--set {key}: not a shared key {list(SHARED_KNOBS) + list(EXPERIMENT_KEYS)} "
-                f"nor a knob of {method} {[k.name for k in m.knobs]}"
-            )
-    flat: dict[str, Any] = {"method": method}
-    dists = space.method_space(method) if method in space.methods else dict(space.train)
-    for key, dist in dists.items():
-        flat[key] = dist.center()
-    flat.update(given)
-    flat.setdefault("seed", space.seed)
-    return flat, exp
-
-
 def cmd_trial(args) -> int:
-    from search.driver import max_length_problems, prepare_data
-    from search.space import SpaceError, load_space
+    from search.preflight import max_length_problems, prepare_data
+    from search.space import SpaceError, load_space, trial_config
     from trainables.features import uses_cache
     from trainables.model import load_config
     from trainables.trial import run_trial, split_config
@@ -294,7 +256,7 @@ def cmd_trial(args) -> int:
     config = load_config(space.model)
     if max_length_problems(space, config):
         raise SpaceError(space.source, max_length_problems(space, config))
-    cache = space.feature_cache and uses_cache(method, knobs, config)
+    cache = space.experiment.feature_cache and uses_cache(method, knobs, config)
     data = prepare_data(space, progress=not args.json, features=cache)
 
     rounds: list[dict[str, Any]] = []
@@ -308,9 +270,7 @@ def cmd_trial(args) -> int:
                 flush=True,
             )
 
-    out = run_trial(
-        flat, data.without("test"), space.model, on_eval, cpus=int(space.resources["cpu"])
-    )
+    out = run_trial(flat, data.without("test"), space.model, on_eval, cpus=int(space.resources.cpu))
     result = {
         "config": flat,
         **out,
@@ -329,7 +289,7 @@ def cmd_trial(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from search.driver import (
+    from search.preflight import (
         check_fit,
         check_resources,
         check_storage,
@@ -346,7 +306,7 @@ def cmd_validate(args) -> int:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(
         f"{space.source}: ok - {len(space.methods)} methods, {space.num_trials} trials "
-        f"({space.search['searcher']}, objectives {space.objectives}), "
+        f"({space.search.searcher}, objectives {space.objectives}), "
         f"max_t {space.max_t} evaluation rounds"
     )
     print(f"  data: {data.meta['dataset']} ({sizes}; labels {data.label_names})")
@@ -384,7 +344,9 @@ def cmd_export(args) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    manifest = json.loads((out / "peftsearch.json").read_text())
+    from trainables.export import MANIFEST
+
+    manifest = json.loads((out / MANIFEST).read_text())
     print(f"exported {manifest['method']} ({manifest['format']} format) to {out}")
     return 0
 
@@ -392,8 +354,9 @@ def cmd_export(args) -> int:
 def cmd_confirm(args) -> int:
     import pandas as pd
 
-    from reports.pareto import confirm_summary
+    from reports.figure_data import confirm_summary
     from search.confirm import confirm
+    from search.rundir import RunDir
 
     df = confirm(
         args.run_dir,
@@ -410,30 +373,20 @@ def cmd_confirm(args) -> int:
             if not s.empty
             else "no run succeeded"
         )
-    print(f"\nresults: {Path(args.run_dir) / 'confirm.parquet'}")
+    print(f"\nresults: {RunDir.at(args.run_dir).path(CONFIRM_FILE)}")
     return 0 if (df["status"] == "ok").all() else 1
 
 
 def cmd_results(args) -> int:
     import pandas as pd
 
-    from reports.pareto import pareto_table
+    from reports.figure_data import method_summary, pareto_table
     from search.results import load_results
 
     trials, _ = load_results(args.run_dir)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        by = trials.groupby("method")
-        summary = pd.DataFrame(
-            {
-                "trials": by.size(),
-                "stopped_early": by["stopped_early"].sum(),
-                "errored": by["status"].apply(lambda s: int((s == "ERROR").sum())),
-                "best_val_accuracy": by["val_accuracy"].max().round(4),
-                "trainable_params": by["trainable_params"].min(),
-            }
-        ).sort_values("best_val_accuracy", ascending=False)
         print(f"{args.run_dir}: {len(trials)} trials\n")
-        print(summary.to_string())
+        print(method_summary(trials).to_string())
         if args.pareto:
             print("\nPareto front (trainable parameters vs validation accuracy):")
             print(pareto_table(trials).to_string(index=False))
@@ -447,10 +400,9 @@ def cmd_results(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from reports.html import write_report
-    from search.results import require_run
+    from search.results import write_report
 
-    path = write_report(require_run(args.run_dir), args.output)
+    path = write_report(args.run_dir, args.output)
     print(path)
     return 0
 

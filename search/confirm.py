@@ -4,7 +4,7 @@ The search picks configurations on the validation split; a number worth
 quoting comes from retraining each chosen configuration with several seeds
 (head initialisation, data order) and evaluating each run once on the test
 split, which the search never saw. Runs go through Ray in parallel; the
-result is ``confirm.parquet`` (one row per configuration and seed), and the
+result is the run's confirm table (one row per configuration and seed), and the
 report shows test accuracy mean ± std beside the validation numbers.
 """
 
@@ -18,13 +18,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
-CONFIRM_FILE = "confirm.parquet"
+from search.rundir import CONFIRM_FILE, SPACE_FILE, TRIALS_FILE
 
 
 def choose(trials: pd.DataFrame, top: int | None, per_method: bool = False) -> pd.DataFrame:
     """The Pareto-optimal trials (failed ones aside), the ``top`` best by the run's
     ranking metric, or (``per_method``) the best trial of each method."""
-    from reports.pareto import best_per_method, healthy, pareto_front, rank
+    from reports.figure_data import best_per_method, healthy, pareto_front, rank
 
     ok = rank(healthy(trials))
     if per_method:
@@ -65,27 +65,22 @@ def confirm(
     quiet: bool = False,
     per_method: bool = False,
 ) -> pd.DataFrame:
-    """Retrain the chosen trials of ``run_dir`` with ``seeds`` seeds each; write ``confirm.parquet``.
+    """Retrain the chosen trials of ``run_dir`` with ``seeds`` seeds each; write the confirm table.
 
     Seeds are the experiment's seed, +1, +2, ...: the first reproduces the
     search's own run. The data split is the search's (same seed), so the
     test split is the one held out from the search.
     """
-    import ray
-
-    from reports.atomic import atomic_write
-    from reports.html import write_report
-    from search.driver import check_fit, init_ray, prepare_data
-    from search.results import TRIALS_FILE, versions
+    from search.preflight import check_fit, init_ray, prepare_data
+    from search.results import require_run, versions, write_report
     from search.space import validate
     from trainables.features import add_features, uses_cache
 
-    run_dir = Path(run_dir)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    space = validate(yaml.safe_load((run_dir / "space.yaml").read_text()), str(run_dir))
-    trials = pd.read_parquet(run_dir / TRIALS_FILE)
-    chosen = choose(trials, top, per_method)
+    run = require_run(run_dir)
+    space = validate(yaml.safe_load(run.read_text(SPACE_FILE)), run.uri)
+    chosen = choose(run.read_parquet(TRIALS_FILE), top, per_method)
     if chosen.empty:
         raise ValueError(f"{run_dir}: no finished trial to confirm")
     config = check_fit(space)
@@ -95,13 +90,33 @@ def confirm(
             "the space has no test split (experiment.split.test is 0 and the data gives none)"
         )
     configs = [json.loads(c) for c in chosen["config_json"]]
-    if space.feature_cache and any(
-        uses_cache(c["method"], c, config) for c in configs
-    ):  # test features too: only here, never in the search
+    if space.experiment.feature_cache and any(uses_cache(c["method"], c, config) for c in configs):
+        # Test features too: only here, never in the search.
         add_features(data, space.model, splits=("train", "validation", "test"), progress=not quiet)
-
     init_ray(address)
-    cpus, gpus = space.resources["cpu"], space.resources["gpu"]
+    rows = _retrain(space, data, chosen, configs, seeds, quiet)
+    df = pd.DataFrame(rows)
+    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
+                "trainable_params", "total_params", "test_step", "test_evaluations",
+                "val_rounds_json", "wall_time_s"):  # fmt: skip
+        if col not in df:
+            df[col] = None
+    df["run_name"] = run.name
+    df["model"] = space.model
+    df["dataset"] = space.dataset.describe()
+    df["n_test"] = len(data.splits["test"])
+    df["versions"] = json.dumps(versions())
+    df = df.sort_values(["trial_id", "seed"]).reset_index(drop=True)
+    run.write_parquet(CONFIRM_FILE, df)
+    write_report(run)
+    return df
+
+
+def _retrain(space, data, chosen: pd.DataFrame, configs: list[dict], seeds: int, quiet: bool):
+    """Every chosen configuration x seed as a Ray task; one row per run, failed ones too."""
+    import ray
+
+    cpus, gpus = space.resources.cpu, space.resources.gpu
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_one)
     data_ref = ray.put(data)
     jobs = {}
@@ -143,18 +158,4 @@ def confirm(
                 f"seed {space.seed + i}: {shown}",
                 flush=True,
             )
-    df = pd.DataFrame(rows)
-    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
-                "trainable_params", "total_params", "test_step", "test_evaluations",
-                "val_rounds_json", "wall_time_s"):  # fmt: skip
-        if col not in df:
-            df[col] = None
-    df["run_name"] = run_dir.name
-    df["model"] = space.model
-    df["dataset"] = space.dataset.describe()
-    df["n_test"] = len(data.splits["test"])
-    df["versions"] = json.dumps(versions())
-    df = df.sort_values(["trial_id", "seed"]).reset_index(drop=True)
-    atomic_write(run_dir / CONFIRM_FILE, lambda tmp: df.to_parquet(tmp, index=False))
-    write_report(run_dir)
-    return df
+    return rows

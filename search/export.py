@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.pareto import rank, ranking
-from search.results import TRIALS_FILE
-from trainables.trial import CHECKPOINT_FILE, CHECKPOINT_META, split_config
+from reports.figure_data import rank, ranking
+from search.results import require_run
+from search.rundir import RUN_FILE, TRIALS_FILE, RunDir
+from trainables import checkpoint
+from trainables.trial import split_config
 
 
 def pick_trial(trials: pd.DataFrame, trial_id: str | None) -> pd.Series:
@@ -27,35 +29,12 @@ def pick_trial(trials: pd.DataFrame, trial_id: str | None) -> pd.Series:
     return ranked.iloc[0]
 
 
-def best_checkpoint(run_dir: Path, trial_id: str, metric: str, mode: str) -> Path:
+def best_checkpoint(run: RunDir, trial_id: str, metric: str, mode: str) -> Path:
     """The kept checkpoint of a trial at its best round of ``metric``."""
-    dirs = [d for d in run_dir.glob(f"*_{trial_id}_*") if d.is_dir()]
-    found = [c for d in dirs for c in d.glob("checkpoint_*") if (c / CHECKPOINT_FILE).exists()]
+    found = [c for c in run.checkpoint_dirs(trial_id) if checkpoint.is_checkpoint(c)]
     if not found:
-        raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run_dir}")
-    return best_of(found, metric, mode)
-
-
-def best_of(checkpoints: list[Path], metric: str, mode: str) -> Path:
-    """The checkpoint at the best round of ``metric`` in ``mode`` (the earliest, on a tie).
-
-    The one rule for "a trial's best checkpoint": what export takes and what
-    the end-of-run pruning keeps.
-    """
-    sign = 1.0 if mode == "max" else -1.0
-
-    def score(c: Path) -> tuple[float, int]:
-        meta = checkpoint_meta(c)
-        value = meta.get(metric)
-        return (-float("inf") if value is None else sign * value, -meta.get("step", 0))
-
-    return max(checkpoints, key=score)
-
-
-def checkpoint_meta(checkpoint: Path) -> dict:
-    """Step, accuracy and feature-cache flag of a checkpoint ({} if it has none)."""
-    path = checkpoint / CHECKPOINT_META
-    return json.loads(path.read_text()) if path.exists() else {}
+        raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run.uri}")
+    return checkpoint.best_of(found, metric, mode)
 
 
 def export_trial(
@@ -69,14 +48,10 @@ def export_trial(
     nothing else. ``--best`` (no ``trial_id``) ranks only the trials that did
     not fail. The checkpoint is loaded as tensors only (never unpickled).
     """
-    import torch
-
-    from search.results import require_run
     from trainables.export import MANIFEST, export, rebuild
 
-    require_run(run_dir)  # a clear "not a peftsearch run" before anything else
-    run_dir = Path(run_dir)
-    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    run = require_run(run_dir)  # a clear "not a peftsearch run" before anything else
+    trials = run.read_parquet(TRIALS_FILE)
     if trial_id is None:
         # A failed trial is no candidate, however well it did before it failed.
         trials = trials[trials["status"] != "ERROR"]
@@ -85,18 +60,16 @@ def export_trial(
     row = pick_trial(trials, trial_id)
     out = Path(out)
     previous = _previous_export(out, force)  # before any checkpoint is loaded or file written
-    ckpt = best_checkpoint(run_dir, row["trial_id"], *ranking(trials))
-    run = json.loads((run_dir / "run.json").read_text())
-    labels = run.get("data", {}).get("label_names")
+    ckpt = best_checkpoint(run, row["trial_id"], *ranking(trials))
+    labels = run.read_record().get("data", {}).get("label_names")
     if not labels:
         raise ValueError(
-            f"{run_dir / 'run.json'} records no label names: re-run the search with this peftsearch"
+            f"{run.path(RUN_FILE)} records no label names: re-run the search with this peftsearch"
         )
     flat = json.loads(row["config_json"])
     method, knobs, _ = split_config(flat)
-    # Tensors and plain values only: a pickle planted in the run folder raises, never runs.
-    state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
-    meta = checkpoint_meta(ckpt)
+    state = checkpoint.load(ckpt)  # tensors only: a planted pickle raises, never runs
+    meta = checkpoint.meta(ckpt)
     model_name = row["model"]
     model = rebuild(
         model_name, labels, method, knobs, state["trainable"], bool(meta.get("feature_cache"))

@@ -6,6 +6,8 @@ import time
 
 from ray.tune import Callback
 
+from search.rundir import TRIALS_FILE
+
 
 def _last_error_line(trial) -> str:
     """The line of a trial's error file that names the exception."""
@@ -13,7 +15,7 @@ def _last_error_line(trial) -> str:
         with open(trial.error_file) as f:
             lines = [ln.strip() for ln in f if ln.strip()]
     except (OSError, TypeError):
-        return "see trials.parquet"
+        return f"see {TRIALS_FILE}"
     named = [ln for ln in lines if "Error" in ln or "Exception" in ln]
     return (named or lines or ["?"])[-1][:160]
 

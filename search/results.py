@@ -1,6 +1,6 @@
-"""Tune's experiment folder -> ``trials.parquet`` and ``curves.parquet`` (the contracts).
+"""Tune's experiment folder -> the trials and curves tables (the contracts).
 
-``trials.parquet``: one row per trial; ``curves.parquet``: one row per
+The trials table: one row per trial; the curves table: one row per
 reported evaluation. Both are rebuilt from the whole experiment folder, so a
 resumed run lists every trial exactly once. Writes are atomic.
 """
@@ -10,24 +10,24 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from reports.atomic import atomic_write
-from reports.pareto import DEFAULT_RANKING
+from reports.figure_data import DEFAULT_RANKING
+from search.rundir import CONFIRM_FILE, CURVES_FILE, FIGURE_FILE, REPORT_FILE, TRIALS_FILE, RunDir
+from trainables.loop import LOG_SHARED_KNOBS, SHARED_COLUMNS
 from trainables.methods import METHODS
-from trainables.trial import SHARED_KEYS, flat_config
+from trainables.trial import flat_config
 
-TRIALS_FILE = "trials.parquet"
-CURVES_FILE = "curves.parquet"
-REPORT_FILE = "report.html"
 CURVE_COLUMNS = ["train_loss", "val_loss", "val_accuracy", "epoch", "step", "time_s"]
 KNOB_COLUMNS = sorted({k.name for m in METHODS.values() for k in m.knobs})
-SHARED_COLUMNS = [k for k in SHARED_KEYS if k != "eval_batch_size"]
+# Knobs on a log scale: recorded in the trials table's metadata (DataFrame.attrs), which the
+# report reads (reports/ does not import trainables).
+LOG_KNOBS = sorted({*LOG_SHARED_KNOBS, *(k for m in METHODS.values() for k in m.log_knobs())})
 VERSION_PACKAGES = ("peftsearch", "torch", "transformers", "peft", "ray", "optuna")
 
 
@@ -35,17 +35,17 @@ VERSION_PACKAGES = ("peftsearch", "torch", "transformers", "peft", "ray", "optun
 class RunResults:
     """What a run produced: the two tables and where they are."""
 
-    run_dir: Path
+    run: RunDir
     trials: pd.DataFrame
     curves: pd.DataFrame
-    report: Path | None = None
+    report: Path | str | None = None
     complete: bool = True  # False: interrupted; the same command resumes it
     disk: dict[str, Any] = field(default_factory=dict)  # checkpoint disk use, once finished
 
-
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Parquet through a temporary file and a rename: a crash never leaves half a file."""
-    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    @property
+    def run_dir(self) -> Path | str:
+        """The run folder: a local path, or the storage URI."""
+        return self.run.local if self.run.is_local else self.run.uri
 
 
 def versions() -> dict[str, str]:
@@ -91,7 +91,7 @@ def _trial_config(trial) -> dict[str, Any]:
     return flat_config(trial.config or {})
 
 
-def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict], list[dict]]:
+def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], list[dict]]:
     """(trial rows, curve rows) from a Tune experiment folder.
 
     ``live_trials``: the driver's own Trial objects after ``fit()``, when it
@@ -104,7 +104,7 @@ def trial_rows(run_dir: Path, space=None, live_trials=None) -> tuple[list[dict],
     from ray.tune import ExperimentAnalysis
 
     metric, mode = (space.metric, space.mode) if space is not None else DEFAULT_RANKING
-    analysis = ExperimentAnalysis(str(run_dir), trials=live_trials)
+    analysis = ExperimentAnalysis(run.uri, trials=live_trials)
     frames = analysis.trial_dataframes
     trials, curves = [], []
     for trial in analysis.trials:
@@ -177,7 +177,7 @@ def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
 
 
 def collect(
-    run_dir: Path,
+    run: RunDir,
     space=None,
     data=None,
     write: bool = True,
@@ -185,10 +185,10 @@ def collect(
     wall_time_s: float | None = None,
 ) -> RunResults:
     """Build both tables from a run folder, write them and the report."""
-    trials, curves = trial_rows(run_dir, space, live_trials)
+    trials, curves = trial_rows(run, space, live_trials)
     trials_df = pd.DataFrame(trials, columns=_trial_columns())
     curves_df = pd.DataFrame(curves, columns=["trial_id", "method", "iteration", *CURVE_COLUMNS])
-    meta = _run_meta(run_dir, space, data)
+    meta = _run_meta(run, space, data)
     meta["run_wall_time_s"] = None if wall_time_s is None else round(wall_time_s, 1)
     # Provenance on every row of both tables: each reads on its own (pandas, DuckDB).
     for key, value in meta.items():
@@ -197,13 +197,12 @@ def collect(
     trials_df = trials_df.astype(
         {"iterations": "int64", "stopped_early": "bool", "best_iteration": "Int64"}
     )
-    result = RunResults(run_dir=run_dir, trials=trials_df, curves=curves_df)
+    trials_df.attrs["log_knobs"] = LOG_KNOBS  # Parquet metadata, not a column
+    result = RunResults(run=run, trials=trials_df, curves=curves_df)
     if write:
-        write_parquet_atomic(trials_df, run_dir / TRIALS_FILE)
-        write_parquet_atomic(curves_df, run_dir / CURVES_FILE)
-        from reports.html import write_report
-
-        result.report = write_report(run_dir)
+        run.write_parquet(TRIALS_FILE, trials_df)
+        run.write_parquet(CURVES_FILE, curves_df)
+        result.report = write_report(run)
     return result
 
 
@@ -217,12 +216,12 @@ def _trial_columns() -> list[str]:
     ]  # fmt: skip
 
 
-def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
-    meta: dict[str, Any] = {"run_name": run_dir.name}
+def _run_meta(run: RunDir, space, data) -> dict[str, Any]:
+    meta: dict[str, Any] = {"run_name": run.name}
     if space is not None:
         meta.update(model=space.model, dataset=space.dataset.describe(), seed=space.seed)
-        meta.update(metric=space.metric, metric_mode=space.mode)  # see reports.pareto.ranking
-        meta["resources"] = json.dumps(space.resources)
+        meta.update(metric=space.metric, metric_mode=space.mode)  # see figure_data.ranking
+        meta["resources"] = json.dumps(asdict(space.resources))
     if data is not None:
         meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})
         meta["max_length"] = data.meta.get("max_length")
@@ -233,23 +232,43 @@ def _run_meta(run_dir: Path, space, data) -> dict[str, Any]:
 
 
 class NotARunError(FileNotFoundError):
-    """A folder that holds no peftsearch run (no ``trials.parquet``)."""
+    """A folder that holds no peftsearch run (no trials table)."""
 
 
-def require_run(run_dir: str | Path) -> Path:
-    """``run_dir`` as a Path, if it holds a run's ``trials.parquet``; else :class:`NotARunError`."""
-    run_dir = Path(run_dir)
-    if not (run_dir / TRIALS_FILE).is_file():
-        what = (
-            "is not a peftsearch run"
-            if run_dir.is_dir()
-            else "does not exist: not a peftsearch run"
-        )
+def require_run(run_dir: str | Path | RunDir) -> RunDir:
+    """The run at ``run_dir``, if it holds a run's trials table; else :class:`NotARunError`."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
+    if not run.is_run():
+        what = "is not a peftsearch run" if run.exists() else "does not exist: not a peftsearch run"
         raise NotARunError(f"{run_dir} {what} (no {TRIALS_FILE})")
-    return run_dir
+    return run
 
 
-def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_results(run_dir: str | Path | RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) DataFrames of a finished or interrupted run."""
-    run_dir = require_run(run_dir)
-    return pd.read_parquet(run_dir / TRIALS_FILE), pd.read_parquet(run_dir / CURVES_FILE)
+    run = require_run(run_dir)
+    return run.read_parquet(TRIALS_FILE), run.read_parquet(CURVES_FILE)
+
+
+def load_confirmed(run: RunDir) -> pd.DataFrame | None:
+    """``peftsearch confirm``'s table of a run, if it has one."""
+    return run.read_parquet(CONFIRM_FILE) if run.exists(CONFIRM_FILE) else None
+
+
+def write_report(run_dir: str | Path | RunDir, out: str | Path | None = None) -> Path | str:
+    """Build the report (and its static figure beside it) from the run's tables; return its path.
+
+    ``out``: a local file instead of the run's own report.
+    """
+    from reports.html import render_report
+
+    run = require_run(run_dir)
+    trials, curves = load_results(run)
+    title = str(trials["run_name"].iloc[0]) if "run_name" in trials and len(trials) else run.name
+    page, svg = render_report(trials, curves, title, load_confirmed(run), FIGURE_FILE)
+    if out is None:
+        run.write_text(FIGURE_FILE, svg)
+        return run.write_text(REPORT_FILE, page)
+    target = RunDir.at(Path(out).parent)  # the report's own folder, written the same way
+    target.write_text(FIGURE_FILE, svg)
+    return target.write_text(Path(out).name, page)

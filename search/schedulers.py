@@ -134,7 +134,7 @@ class ParetoASHA(FIFOScheduler):
 
     def save(self, checkpoint_path: str) -> None:
         """Write the scheduler's state as JSON (never a pickle: restoring runs no code)."""
-        from reports.atomic import atomic_write
+        from trainables.atomic import atomic_write
 
         state = {k: getattr(self, k) for k in self._STATE}
         # JSON has no tuple keys: each rung is [group, milestone, {trial_id: [metric, cost]}].

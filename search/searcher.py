@@ -78,7 +78,7 @@ class PeftOptunaSearch(OptunaSearch):
 
         best = self._best.get(trial_id)
         if result and best is not None:
-            # The best round, not the last: the value trials.parquet, the Pareto front, the
+            # The best round, not the last: the value the trials table, the Pareto front, the
             # report, export and confirm rank by (Tune hands over the last result).
             result = {**result, self._ranking()[0]: best}
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

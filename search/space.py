@@ -25,17 +25,18 @@ fix, before Ray starts (:class:`SpaceError`).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import copy
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainables.data import BUILTIN_DATASETS, DatasetSpec
-from trainables.loop import TrainConfig
+from trainables.data import BUILTIN_DATASETS, DatasetSpec, Split
+from trainables.loop import SHARED_KNOBS, TrainConfig
 from trainables.methods import METHODS
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
@@ -43,36 +44,7 @@ DEFAULT_SPACE = "quick.yaml"
 DIST_KINDS = ("choice", "int", "float", "log", "log_int")
 # Shared knobs a space may search; "seed" belongs to the experiment, and
 # eval_batch_size does not change the result.
-SHARED_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed",))
 
-DEFAULTS: dict[str, Any] = {
-    "experiment": {
-        "name": None,  # default: the file's stem
-        "model": "minilm",
-        "dataset": {"name": "bbc_news"},
-        "max_length": 128,
-        "split": {"validation": 0.15, "test": 0.15},
-        "max_train_samples": None,
-        "max_eval_samples": None,
-        "max_test_samples": None,  # default: the whole test split
-        "seed": 0,
-        "feature_cache": True,
-    },
-    "train": {},
-    "methods": None,
-    "search": {
-        "searcher": "tpe",
-        # One objective (the validation metric) or two: [val_accuracy, trainable_params].
-        "objectives": ["val_accuracy"],
-        "num_samples": 8,
-        "time_budget_s": None,
-        "max_concurrent": None,
-        "max_failures": 0,  # retries of a failed trial, from its last checkpoint
-    },
-    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "per_method": False},
-    "resources": {"cpu": 1, "gpu": 0},
-    "storage": "./runs",
-}
 # Every key with its default; ``peftsearch validate --help`` prints this.
 SCHEMA = """\
 experiment:
@@ -299,13 +271,6 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
-
-
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``KEY.PATH=VALUE`` overrides to a raw space mapping (a copy)."""
     out = copy.deepcopy(raw)
@@ -330,33 +295,250 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+# --- the sections: typed, with their defaults and their own checks --------------------------
+
+Problems = list[tuple[str, str]]
+
+
+@dataclass
+class Experiment:
+    """``experiment``: the model, the data and how it is split and capped."""
+
+    name: str | None = None  # default: the file's stem
+    model: str = "minilm"
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    max_length: int = 128
+    split: Split = field(default_factory=Split)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None  # default: the whole test split
+    seed: int = 0
+    feature_cache: bool = True
+
+    def problems(self) -> Problems:
+        out = check_name(self.name)
+        if not _is_count(self.max_length, 1):
+            out.append(
+                ("experiment.max_length", f"must be an integer > 0, got {self.max_length!r}")
+            )
+        for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            v = getattr(self, key)
+            if v is not None and not _is_count(v, 1):
+                out.append((f"experiment.{key}", f"must be an integer > 0 or null, got {v!r}"))
+        if not isinstance(self.feature_cache, bool):
+            out.append(
+                ("experiment.feature_cache", f"must be true or false, got {self.feature_cache!r}")
+            )
+        if not isinstance(self.seed, int):
+            out.append(("experiment.seed", f"must be an integer, got {self.seed!r}"))
+        fr = [self.split.validation, self.split.test]
+        if not all(_is_number(f) and 0 <= f < 1 for f in fr) or sum(fr) >= 1:
+            out.append(
+                (
+                    "experiment.split",
+                    f"fractions must be in [0, 1) and sum below 1, got {asdict(self.split)}",
+                )
+            )
+        if not isinstance(self.model, str) or not self.model:
+            out.append(("experiment.model", "a model alias (minilm), local path or Hub id"))
+        return out
+
+
+@dataclass
+class Search:
+    """``search``: the searcher, its objectives, budget and retries."""
+
+    searcher: str = "tpe"
+    # One objective (the validation metric) or two: [val_accuracy, trainable_params].
+    objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])
+    num_samples: int = 8
+    time_budget_s: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 0  # retries of a failed trial, from its last checkpoint
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objectives, str):
+            self.objectives = [self.objectives]
+
+    def problems(self) -> Problems:
+        out: Problems = []
+        if self.searcher not in SEARCHERS:
+            out.append(("search.searcher", f"one of {list(SEARCHERS)}, got {self.searcher!r}"))
+        obj = self.objectives
+        if not (isinstance(obj, list) and 1 <= len(obj) <= 2):
+            out.append(
+                (
+                    "search.objectives",
+                    f"a list of one or two objectives, e.g. [val_accuracy, trainable_params]; got {obj!r}",
+                )
+            )
+        elif obj[0] not in METRICS:
+            out.append(
+                (
+                    "search.objectives",
+                    f"the first objective is a validation metric out of {list(METRICS)}, got {obj[0]!r}",
+                )
+            )
+        elif len(obj) == 2 and obj[1] != "trainable_params":
+            out.append(
+                (
+                    "search.objectives",
+                    f"the second objective can only be trainable_params, got {obj[1]!r}",
+                )
+            )
+        if not _is_count(self.num_samples, 1):
+            out.append(("search.num_samples", f"must be an integer >= 1, got {self.num_samples!r}"))
+        tb = self.time_budget_s
+        if tb is not None and not (_is_number(tb) and tb > 0):
+            out.append(
+                ("search.time_budget_s", f"seconds > 0, or null for no time budget; got {tb!r}")
+            )
+        mc = self.max_concurrent
+        if mc is not None and not _is_count(mc, 1):
+            out.append(("search.max_concurrent", f"must be an integer >= 1 or null, got {mc!r}"))
+        if not _is_count(self.max_failures, 0):
+            out.append(
+                (
+                    "search.max_failures",
+                    "retries per failed trial: an integer >= 0 (-1 is not allowed: endless), "
+                    f"got {self.max_failures!r}",
+                )
+            )
+        return out
+
+    def grid_problems(self, methods: dict[str, dict[str, Dist]]) -> Problems:
+        """A grid takes fixed values and choices only."""
+        if self.searcher != "grid":
+            return []
+        return [
+            (
+                f"methods.{method}.{key}",
+                f"grid search takes fixed values and choices, not a {d.kind} range: "
+                "give {choice: [...]}, or use searcher tpe / random",
+            )
+            for method, knobs in methods.items()
+            for key, d in knobs.items()
+            if d.kind not in ("fixed", "choice")
+        ]
+
+
+@dataclass
+class Scheduler:
+    """``scheduler``: early stopping in evaluation rounds (see :mod:`search.schedulers`)."""
+
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2
+    per_method: bool = False
+
+    def problems(self) -> Problems:
+        out: Problems = []
+        if self.type not in SCHEDULERS:
+            out.append(("scheduler.type", f"one of {list(SCHEDULERS)}, got {self.type!r}"))
+        if not _is_count(self.grace_period, 1):
+            out.append(
+                (
+                    "scheduler.grace_period",
+                    f"must be an integer >= 1 (evaluation rounds), got {self.grace_period!r}",
+                )
+            )
+        rf = self.reduction_factor
+        if not (_is_number(rf) and rf > 1):
+            out.append(("scheduler.reduction_factor", f"must be a number > 1, got {rf!r}"))
+        if not isinstance(self.per_method, bool):
+            out.append(("scheduler.per_method", f"must be true or false, got {self.per_method!r}"))
+        return out
+
+    def rounds_problems(self, rounds: int) -> Problems:
+        """A first cut after more rounds than any trial runs would stop nothing."""
+        if self.type == "none" or not _is_count(self.grace_period, 1):
+            return []
+        if 1 <= rounds < self.grace_period:
+            return [
+                (
+                    "scheduler.grace_period",
+                    f"{self.grace_period} rounds before the first cut, but a trial runs at most "
+                    f"{rounds} (epochs x evals_per_epoch): the scheduler would stop nothing; lower "
+                    f"grace_period to {rounds} or less, or raise train.epochs / "
+                    "train.evals_per_epoch",
+                )
+            ]
+        return []
+
+
+@dataclass
+class Resources:
+    """``resources``: what one trial asks of Ray."""
+
+    cpu: float = 1
+    gpu: float = 0  # a fraction shares a GPU
+
+    def problems(self) -> Problems:
+        out: Problems = []
+        if not (_is_number(self.cpu) and self.cpu > 0):
+            out.append(("resources.cpu", f"CPUs per trial must be > 0, got {self.cpu!r}"))
+        gpu = self.gpu
+        if not (_is_number(gpu) and gpu >= 0):
+            out.append(
+                (
+                    "resources.gpu",
+                    f"GPUs per trial must be >= 0 (fractions share a GPU), got {gpu!r}",
+                )
+            )
+        elif gpu > 1 and not float(gpu).is_integer():
+            # Ray: a fractional resource request must be below 1.
+            out.append(("resources.gpu", f"above 1 GPU per trial, give a whole number; got {gpu}"))
+        return out
+
+
+TOP_KEYS = ("experiment", "train", "methods", "search", "scheduler", "resources", "storage")
+DEFAULT_STORAGE = "./runs"
+
+
+def _bind(cls, raw: Any, where: str, problems: Problems, **parsed: Any):
+    """A section's mapping -> its dataclass (unknown keys reported), or None if not a mapping.
+
+    ``parsed``: fields already parsed apart (nested sections).
+    """
+    if not _check_keys(raw, {f.name for f in fields(cls)}, where, problems):
+        return None
+    given = {k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}}
+    obj = cls(**{**given, **parsed})
+    problems += obj.problems()
+    return obj
+
+
 @dataclass
 class Space:
-    """A validated search space."""
+    """A validated search space: one typed object per section."""
 
     source: str
     name: str
-    model: str
-    dataset: DatasetSpec
-    max_length: int
-    split: dict[str, float]
-    max_train_samples: int | None
-    max_eval_samples: int | None
-    max_test_samples: int | None
-    seed: int
-    feature_cache: bool
+    experiment: Experiment
     train: dict[str, Dist]
     methods: dict[str, dict[str, Dist]]
-    search: dict[str, Any]
-    scheduler: dict[str, Any]
-    resources: dict[str, float]
+    search: Search
+    scheduler: Scheduler
+    resources: Resources
     storage: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
+    def model(self) -> str:
+        return self.experiment.model
+
+    @property
+    def dataset(self) -> DatasetSpec:
+        return self.experiment.dataset
+
+    @property
+    def seed(self) -> int:
+        return self.experiment.seed
+
+    @property
     def objectives(self) -> list[str]:
         """What the searcher optimises: the validation metric, then maybe trainable_params."""
-        return list(self.search["objectives"])
+        return list(self.search.objectives)
 
     @property
     def metric(self) -> str:
@@ -384,9 +566,9 @@ class Space:
     @property
     def num_trials(self) -> int:
         """Trials a complete search runs: num_samples, or the grid's size."""
-        if self.search["searcher"] == "grid":
+        if self.search.searcher == "grid":
             return len(self.grid())
-        return self.search["num_samples"]
+        return self.search.num_samples
 
     def method_space(self, method: str) -> dict[str, Dist]:
         """Shared knobs overridden by the method's own: what a trial of it samples."""
@@ -446,240 +628,93 @@ def _check_knob(method: str, key: str, dist: Dist, where: str, problems: list) -
 
 def validate(raw: Any, source: str = "<space>") -> Space:
     """Validate a raw space mapping; raise :class:`SpaceError` listing every problem."""
-    problems: list[tuple[str, str]] = []
+    problems: Problems = []
     if not isinstance(raw, dict):
         raise SpaceError(
             source, [("<top>", "a space file is a YAML mapping with a 'methods' section")]
         )
-    _check_keys(raw, DEFAULTS, "<top>", problems)
-    cfg = _merge({k: v for k, v in DEFAULTS.items() if v is not None}, raw)
-
-    exp = cfg["experiment"]
-    if _check_keys(exp, DEFAULTS["experiment"], "experiment", problems):
-        problems += check_name(exp.get("name"))
-        ml = exp.get("max_length")
-        if not (isinstance(ml, int) and not isinstance(ml, bool) and ml > 0):
-            problems.append(("experiment.max_length", f"must be an integer > 0, got {ml!r}"))
-        for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-            v = exp.get(key)
-            if v is not None and not _is_count(v, 1):
-                problems.append((f"experiment.{key}", f"must be an integer > 0 or null, got {v!r}"))
-        if not isinstance(exp.get("feature_cache"), bool):
-            problems.append(
-                (
-                    "experiment.feature_cache",
-                    f"must be true or false, got {exp.get('feature_cache')!r}",
-                )
-            )
-        if not isinstance(exp.get("seed"), int):
-            problems.append(("experiment.seed", f"must be an integer, got {exp.get('seed')!r}"))
-        split = exp.get("split")
-        if _check_keys(split, {"validation": 0, "test": 0}, "experiment.split", problems):
-            fr = [split.get("validation", 0.15), split.get("test", 0.15)]
-            if not all(_is_number(f) and 0 <= f < 1 for f in fr) or sum(fr) >= 1:
-                problems.append(
-                    (
-                        "experiment.split",
-                        f"fractions must be in [0, 1) and sum below 1, got {split}",
-                    )
-                )
-        if not isinstance(exp.get("model"), str) or not exp["model"]:
-            problems.append(("experiment.model", "a model alias (minilm), local path or Hub id"))
-    dataset = _parse_dataset(exp.get("dataset") if isinstance(exp, dict) else None, problems)
-
-    train: dict[str, Dist] = {}
-    if _check_keys(cfg["train"], SHARED_KNOBS, "train", problems):
-        for key, value in cfg["train"].items():
-            if key in SHARED_KNOBS:
-                d = parse_dist(value, f"train.{key}", problems)
-                if d:
-                    train[key] = d
-                    _check_knob("full", key, d, f"train.{key}", problems)
-
-    methods: dict[str, dict[str, Dist]] = {}
-    raw_methods = cfg.get("methods")
-    if raw_methods is None:
-        problems.append(("methods", f"missing: name at least one method out of {sorted(METHODS)}"))
-    elif isinstance(raw_methods, list):
-        raw_methods = {m: {} for m in raw_methods}
-    if isinstance(raw_methods, dict):
-        if not raw_methods:
-            problems.append(
-                ("methods", f"empty: name at least one method out of {sorted(METHODS)}")
-            )
-        for method, knobs in raw_methods.items():
-            where = f"methods.{method}"
-            if method not in METHODS:
-                problems.append((where, f"unknown method; known methods: {sorted(METHODS)}"))
-                continue
-            knobs = knobs or {}
-            allowed = {k.name for k in METHODS[method].knobs} | set(SHARED_KNOBS)
-            if not _check_keys(knobs, allowed, where, problems):
-                continue
-            methods[method] = {}
-            for key, value in knobs.items():
-                if key not in allowed:
-                    continue
-                d = parse_dist(value, f"{where}.{key}", problems)
-                if d:
-                    methods[method][key] = d
-                    _check_knob(method, key, d, f"{where}.{key}", problems)
-    elif raw_methods is not None:
-        problems.append(("methods", "must be a mapping of method name -> knobs"))
-
-    search = cfg["search"]
-    if _check_keys(search, DEFAULTS["search"], "search", problems):
-        _check_search(search, methods, problems)
-
-    sched = cfg["scheduler"]
-    if _check_keys(sched, DEFAULTS["scheduler"], "scheduler", problems):
-        if sched.get("type") not in SCHEDULERS:  # pareto_asha: see search.schedulers
-            problems.append(
-                ("scheduler.type", f"one of {list(SCHEDULERS)}, got {sched.get('type')!r}")
-            )
-        gp, rf = sched.get("grace_period", 1), sched.get("reduction_factor", 2)
-        if not (isinstance(gp, int) and gp >= 1):
-            problems.append(
-                (
-                    "scheduler.grace_period",
-                    f"must be an integer >= 1 (evaluation rounds), got {gp!r}",
-                )
-            )
-        elif sched.get("type") != "none" and methods:
-            try:
-                rounds = _max_rounds(train, methods)
-            except (TypeError, ValueError):  # epochs / evals_per_epoch not numbers: reported
-                rounds = 0
-            if 1 <= rounds < gp:
-                problems.append(
-                    (
-                        "scheduler.grace_period",
-                        f"{gp} rounds before the first cut, but a trial runs at most {rounds} "
-                        "(epochs x evals_per_epoch): the scheduler would stop nothing; lower "
-                        f"grace_period to {rounds} or less, or raise train.epochs / "
-                        "train.evals_per_epoch",
-                    )
-                )
-        if not (_is_number(rf) and rf > 1):
-            problems.append(("scheduler.reduction_factor", f"must be a number > 1, got {rf!r}"))
-        if not isinstance(sched.get("per_method", False), bool):
-            problems.append(
-                ("scheduler.per_method", f"must be true or false, got {sched['per_method']!r}")
-            )
-
-    res = cfg["resources"]
-    if _check_keys(res, DEFAULTS["resources"], "resources", problems):
-        if not (_is_number(res.get("cpu")) and res["cpu"] > 0):
-            problems.append(
-                ("resources.cpu", f"CPUs per trial must be > 0, got {res.get('cpu')!r}")
-            )
-        gpu = res.get("gpu")
-        if not (_is_number(gpu) and gpu >= 0):
-            problems.append(
-                (
-                    "resources.gpu",
-                    f"GPUs per trial must be >= 0 (fractions share a GPU), got {gpu!r}",
-                )
-            )
-        elif gpu > 1 and not float(gpu).is_integer():
-            # Ray: a fractional resource request must be below 1.
-            problems.append(
-                ("resources.gpu", f"above 1 GPU per trial, give a whole number; got {gpu}")
-            )
-    if not isinstance(cfg.get("storage"), str):
+    _check_keys(raw, TOP_KEYS, "<top>", problems)
+    exp = _parse_experiment(raw.get("experiment", {}), problems)
+    train = _parse_train(raw.get("train", {}), problems)
+    methods = _parse_methods(raw.get("methods"), problems)
+    search = _bind(Search, raw.get("search", {}), "search", problems)
+    if search:
+        problems += search.grid_problems(methods)
+    scheduler = _bind(Scheduler, raw.get("scheduler", {}), "scheduler", problems)
+    if scheduler and methods:
+        # epochs / evals_per_epoch that are not numbers are reported with train / methods.
+        with contextlib.suppress(TypeError, ValueError):
+            problems += scheduler.rounds_problems(_max_rounds(train, methods))
+    resources = _bind(Resources, raw.get("resources", {}), "resources", problems)
+    storage = raw.get("storage", DEFAULT_STORAGE)
+    if not isinstance(storage, str):
         problems.append(("storage", "a folder path or URI (s3://...)"))
-
     if problems:
         raise SpaceError(source, problems)
-    return Space(
-        source=source,
-        name=exp.get("name") or Path(source).stem,
-        model=exp["model"],
-        dataset=dataset,
-        max_length=exp["max_length"],
-        split={
-            "validation": exp["split"].get("validation", 0.15),
-            "test": exp["split"].get("test", 0.15),
-        },
-        max_train_samples=exp.get("max_train_samples"),
-        max_eval_samples=exp.get("max_eval_samples"),
-        max_test_samples=exp.get("max_test_samples"),
-        seed=exp["seed"],
-        feature_cache=exp["feature_cache"],
-        train=train,
-        methods=methods,
-        search=search,
-        scheduler=sched,
-        resources=res,
-        storage=cfg["storage"],
-        raw=raw,
-    )
+    name = exp.name or Path(source).stem
+    return Space(source, name, exp, train, methods, search, scheduler, resources, storage, raw)
 
 
 def _is_count(v: Any, low: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
-def _check_search(search: dict, methods: dict[str, dict[str, Dist]], problems: list) -> None:
-    if search.get("searcher") not in SEARCHERS:
-        problems.append(
-            ("search.searcher", f"one of {list(SEARCHERS)}, got {search.get('searcher')!r}")
-        )
-    elif search["searcher"] == "grid":
-        for method, knobs in methods.items():
-            for key, d in knobs.items():
-                if d.kind not in ("fixed", "choice"):
-                    problems.append(
-                        (
-                            f"methods.{method}.{key}",
-                            f"grid search takes fixed values and choices, not a {d.kind} range: "
-                            "give {choice: [...]}, or use searcher tpe / random",
-                        )
-                    )
-    objectives = search.get("objectives")
-    if isinstance(objectives, str):
-        objectives = search["objectives"] = [objectives]
-    if not (isinstance(objectives, list) and 1 <= len(objectives) <= 2):
-        problems.append(
-            (
-                "search.objectives",
-                f"a list of one or two objectives, e.g. [val_accuracy, trainable_params]; got {objectives!r}",
+def _parse_experiment(raw: Any, problems: Problems) -> Experiment | None:
+    """``experiment``, with its nested ``dataset`` and ``split``."""
+    dataset = _parse_dataset(raw.get("dataset", {}) if isinstance(raw, dict) else None, problems)
+    split = Split()
+    if isinstance(raw, dict) and "split" in raw:
+        given = raw["split"]
+        if _check_keys(given, [f.name for f in fields(Split)], "experiment.split", problems):
+            split = Split(
+                **{k: v for k, v in given.items() if k in {f.name for f in fields(Split)}}
             )
-        )
-    elif objectives[0] not in METRICS:
-        problems.append(
-            (
-                "search.objectives",
-                f"the first objective is a validation metric out of {list(METRICS)}, got {objectives[0]!r}",
-            )
-        )
-    elif len(objectives) == 2 and objectives[1] != "trainable_params":
-        problems.append(
-            (
-                "search.objectives",
-                f"the second objective can only be trainable_params, got {objectives[1]!r}",
-            )
-        )
-    if not _is_count(search.get("num_samples"), 1):
-        problems.append(
-            ("search.num_samples", f"must be an integer >= 1, got {search.get('num_samples')!r}")
-        )
-    tb = search.get("time_budget_s")
-    if tb is not None and not (_is_number(tb) and tb > 0):
-        problems.append(
-            ("search.time_budget_s", f"seconds > 0, or null for no time budget; got {tb!r}")
-        )
-    mc = search.get("max_concurrent")
-    if mc is not None and not _is_count(mc, 1):
-        problems.append(("search.max_concurrent", f"must be an integer >= 1 or null, got {mc!r}"))
-    mf = search.get("max_failures")
-    if not _is_count(mf, 0):
-        problems.append(
-            (
-                "search.max_failures",
-                f"retries per failed trial: an integer >= 0 (-1 is not allowed: endless), got {mf!r}",
-            )
-        )
+    return _bind(Experiment, raw, "experiment", problems, dataset=dataset, split=split)
+
+
+def _parse_train(raw: Any, problems: Problems) -> dict[str, Dist]:
+    """``train``: the shared knobs, each fixed or a distribution."""
+    train: dict[str, Dist] = {}
+    if _check_keys(raw, SHARED_KNOBS, "train", problems):
+        for key, value in raw.items():
+            if key in SHARED_KNOBS:
+                d = parse_dist(value, f"train.{key}", problems)
+                if d:
+                    train[key] = d
+                    _check_knob("full", key, d, f"train.{key}", problems)
+    return train
+
+
+def _parse_methods(raw: Any, problems: Problems) -> dict[str, dict[str, Dist]]:
+    """``methods``: method name -> its knobs (a list of names: every knob at its default)."""
+    methods: dict[str, dict[str, Dist]] = {}
+    known = sorted(METHODS)
+    if raw is None:
+        problems.append(("methods", f"missing: name at least one method out of {known}"))
+        return methods
+    if isinstance(raw, list):
+        raw = {m: {} for m in raw}
+    if not isinstance(raw, dict):
+        problems.append(("methods", "must be a mapping of method name -> knobs"))
+        return methods
+    if not raw:
+        problems.append(("methods", f"empty: name at least one method out of {known}"))
+    for method, knobs in raw.items():
+        where = f"methods.{method}"
+        if method not in METHODS:
+            problems.append((where, f"unknown method; known methods: {known}"))
+            continue
+        knobs = knobs or {}
+        allowed = {k.name for k in METHODS[method].knobs} | set(SHARED_KNOBS)
+        if not _check_keys(knobs, allowed, where, problems):
+            continue
+        methods[method] = {}
+        for key, value in knobs.items():
+            d = parse_dist(value, f"{where}.{key}", problems) if key in allowed else None
+            if d:
+                methods[method][key] = d
+                _check_knob(method, key, d, f"{where}.{key}", problems)
+    return methods
 
 
 def _parse_dataset(raw: Any, problems: list) -> DatasetSpec:
@@ -791,3 +826,45 @@ def load_space(
     if not isinstance(raw, dict):
         raise SpaceError(str(path), [("<top>", "a space file is a YAML mapping")])
     return validate(apply_overrides(raw, overrides), str(path))
+
+
+# Experiment keys ``peftsearch trial --set`` takes beside the shared and the method's knobs.
+EXPERIMENT_KEYS = (
+    "max_length",
+    "max_train_samples",
+    "max_eval_samples",
+    "seed",
+    "model",
+    "feature_cache",
+)
+
+
+def trial_config(space: Space, method: str, sets: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """(flat trial config, experiment overrides) for ``peftsearch trial``.
+
+    Unset knobs take the space's fixed value, else the middle of its range.
+    """
+    from trainables.methods import get_method
+
+    m = get_method(method)
+    given, exp = {}, []
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if key in EXPERIMENT_KEYS:
+            exp.append(f"experiment.{key}={text}")
+        elif key in SHARED_KNOBS or m.knob(key):
+            given[key] = parse_value(text)
+        else:
+            raise ValueError(
+                f"--set {key}: not a shared key {list(SHARED_KNOBS) + list(EXPERIMENT_KEYS)} "
+                f"nor a knob of {method} {[k.name for k in m.knobs]}"
+            )
+    flat: dict[str, Any] = {"method": method}
+    dists = space.method_space(method) if method in space.methods else dict(space.train)
+    for key, dist in dists.items():
+        flat[key] = dist.center()
+    flat.update(given)
+    flat.setdefault("seed", space.seed)
+    return flat, exp

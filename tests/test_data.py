@@ -131,7 +131,7 @@ def test_eval_cap_is_for_validation_and_test_cap_for_test():
 def test_max_test_samples_reaches_the_test_split(tmp_path, tiny_bert, topics_tsv):
     from conftest import tiny_space
 
-    from search.driver import prepare_data
+    from search.preflight import prepare_data
     from search.space import validate
 
     raw = tiny_space(tiny_bert, topics_tsv, tmp_path / "runs")
@@ -143,7 +143,7 @@ def test_max_test_samples_reaches_the_test_split(tmp_path, tiny_bert, topics_tsv
         "validation": 12,
         "test": 30,
     }
-    assert validate(tiny_space(tiny_bert, topics_tsv, tmp_path)).max_test_samples is None
+    assert validate(tiny_space(tiny_bert, topics_tsv, tmp_path)).experiment.max_test_samples is None
 
 
 def test_empty_rows_are_an_error_unless_drop_invalid_drops_and_counts_them(tmp_path):

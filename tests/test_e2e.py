@@ -12,7 +12,8 @@ from conftest import tiny_space
 
 import search
 from search.cli import main
-from search.results import CURVES_FILE, KNOB_COLUMNS, REPORT_FILE, TRIALS_FILE
+from search.results import KNOB_COLUMNS
+from search.rundir import CURVES_FILE, REPORT_FILE, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -211,7 +212,7 @@ def test_time_budget_ends_the_search_as_finished(ray_local, tmp_path, tiny_bert,
 
 def test_report_figure_data_from_a_real_run(finished_run):
     """The figures' data, checked apart from the drawing."""
-    from reports.pareto import compute_data, curve_data, healthy, pareto_front, scatter_data
+    from reports.figure_data import compute_data, curve_data, healthy, pareto_front, scatter_data
 
     res, _ = finished_run
     trials, curves = search.load_results(res.run_dir)

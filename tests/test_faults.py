@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import tiny_space
 
-from search.results import REPORT_FILE, TRIALS_FILE
+from search.rundir import REPORT_FILE, TRIALS_FILE
 from trainables.trial import FAULT_ENV
 
 pytestmark = pytest.mark.slow

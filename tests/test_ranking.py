@@ -18,13 +18,16 @@ import yaml
 from conftest import tiny_space
 
 import trainables.trial as trial_mod
-from reports.pareto import best_per_method, pareto_front, pareto_table, ranking
-from search.export import best_of, pick_trial
+from reports.figure_data import best_per_method, pareto_front, pareto_table, ranking
+from search.export import pick_trial
 from search.searcher import PeftOptunaSearch
+from trainables.checkpoint import META_FILE as CHECKPOINT_META
+from trainables.checkpoint import STATE_FILE as CHECKPOINT_FILE
+from trainables.checkpoint import best_of
 from trainables.data import DatasetSpec, prepare
 from trainables.loop import TrainConfig, eval_steps, evaluate
 from trainables.model import load_tokenizer
-from trainables.trial import CHECKPOINT_FILE, CHECKPOINT_META, build_model, run_trial
+from trainables.trial import build_model, run_trial
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from reports.html import render, write_report
-from reports.pareto import (
+from reports.figure_data import (
     best_per_method,
     compute_data,
     curve_data,
@@ -17,6 +16,8 @@ from reports.pareto import (
     pareto_front,
     scatter_data,
 )
+from reports.html import render
+from search.results import write_report
 
 
 def trials_frame(rows) -> pd.DataFrame:
@@ -138,15 +139,15 @@ def test_user_strings_are_escaped(tmp_path):
 def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary(tmp_path):
     import pandas as pd
 
-    from reports.atomic import atomic_write
-    from search.results import write_parquet_atomic
+    from search.rundir import RunDir
+    from trainables.atomic import atomic_write
 
     path = tmp_path / "trials.parquet"
     good = pd.DataFrame({"a": [1, 2, 3]})
-    write_parquet_atomic(good, path)
+    RunDir.at(tmp_path).write_parquet(path.name, good)
     bad = pd.DataFrame({"a": [1, "x", object()]})  # pyarrow cannot convert: fails mid-write
     with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises
-        write_parquet_atomic(bad, path)
+        RunDir.at(tmp_path).write_parquet(path.name, bad)
     assert pd.read_parquet(path).equals(good)
 
     def crash(tmp):

@@ -31,8 +31,9 @@ import torch
 import yaml
 from conftest import tiny_space
 
-from search.results import TRIALS_FILE
-from trainables.trial import CHECKPOINT_FILE, FAULT_ENV
+from search.rundir import TRIALS_FILE
+from trainables.checkpoint import STATE_FILE as CHECKPOINT_FILE
+from trainables.trial import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,7 +288,7 @@ def test_a_restored_trial_does_not_unpickle_a_planted_checkpoint(planted, ray_lo
     """Tune restores the failed trial from its (planted) checkpoint: the trial fails, nothing runs."""
     from ray import tune
 
-    from search.driver import prepare_data
+    from search.preflight import prepare_data
     from search.space import validate
     from trainables.trial import tune_trainable
 
@@ -351,7 +352,7 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
         pytest.skip("strace is not installed")
     target = tmp_path / "out.json"
     code = (
-        "import sys; from reports.atomic import atomic_write; "
+        "import sys; from trainables.atomic import atomic_write; "
         "atomic_write(sys.argv[1], lambda tmp: tmp.write_text('{}'))"
     )
     log = tmp_path / "strace.log"

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import check_fit
+from search.preflight import check_fit
 from search.searcher import DefineByRun
 from search.space import (
     SPACES_DIR,
@@ -36,7 +36,7 @@ def test_there_are_shipped_spaces():
 def test_every_shipped_space_validates(path: Path):
     space = load_space(path)
     check_fit(space)  # every method, at every knob extreme, applies to the space's model
-    assert space.methods and space.search["num_samples"] >= 1
+    assert space.methods and space.search.num_samples >= 1
     assert path.read_text().startswith("#"), (
         "a space file starts with a comment showing how to run it"
     )
@@ -153,7 +153,7 @@ def test_the_documented_schema_is_a_valid_space():
 
     text = SCHEMA.split("\n\nA distribution")[0]
     space = validate(yaml.safe_load(text), "SCHEMA")
-    assert space.objectives == ["val_accuracy"] and space.scheduler["type"] == "asha"
+    assert space.objectives == ["val_accuracy"] and space.scheduler.type == "asha"
 
 
 def test_the_readme_shows_the_schema_as_it_is():
@@ -198,7 +198,7 @@ def test_define_by_run_samples_only_the_chosen_methods_knobs():
 def test_grace_period_within_the_rounds_or_no_scheduler_is_fine():
     assert validate(_with("scheduler.grace_period", "4")).max_t == 4
     raw = apply_overrides(BASE, ["scheduler.grace_period=9", "scheduler.type=none"])
-    assert validate(raw).scheduler["grace_period"] == 9  # unused without a scheduler
+    assert validate(raw).scheduler.grace_period == 9  # unused without a scheduler
     raw = apply_overrides(BASE, ["scheduler.grace_period=9", "methods.lora.epochs=3"])
     assert validate(raw).max_t == 12  # the longest method's rounds count
 
@@ -223,7 +223,7 @@ def test_a_key_given_twice_names_its_line(tmp_path):
 
 
 def test_max_positions_per_architecture(tiny_models):
-    from search.driver import max_positions
+    from search.preflight import max_positions
     from trainables.model import load_config
 
     # all tiny models have max_position_embeddings 64 and pad_token_id 0

@@ -52,6 +52,14 @@ class DatasetSpec:
         return str(self.name)
 
 
+@dataclass(frozen=True)
+class Split:
+    """Fractions of the examples held out for validation and test, where the source gives no split."""
+
+    validation: float = 0.15
+    test: float = 0.15
+
+
 class DataError(ValueError):
     """Data that cannot feed a search; ``key`` is the space key to fix."""
 
@@ -447,8 +455,8 @@ def prepare(
     spec: DatasetSpec,
     tokenizer,
     max_length: int,
-    validation: float = 0.15,
-    test: float = 0.15,
+    validation: float = Split.validation,
+    test: float = Split.test,
     seed: int = 0,
     max_train: int | None = None,
     max_eval: int | None = None,

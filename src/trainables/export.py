@@ -23,20 +23,16 @@ import torch
 from torch import nn
 
 from trainables.features import FeatureHead
-from trainables.methods import apply_method
+from trainables.methods import apply_method, get_method
 from trainables.model import load_classifier, load_tokenizer
 
 MANIFEST = "peftsearch.json"
 TRAINABLE_FILE = "trainable.safetensors"
-TRANSFORMERS_METHODS = ("full", "freeze", "bitfit", "head_only")
-PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "p_tuning")
 
 
 def export_format(method: str, model_type: str) -> str:
-    """``transformers``, ``peft`` or ``peftsearch`` (``trainable.safetensors``) for a method."""
-    if method in TRANSFORMERS_METHODS or (method == "linear_probe" and model_type == "bert"):
-        return "transformers"
-    return "peft" if method in PEFT_METHODS else "peftsearch"
+    """``transformers``, ``peft`` or ``peftsearch`` (``trainable.safetensors``): the method's own."""
+    return get_method(method).export_format(model_type)
 
 
 def rebuild(

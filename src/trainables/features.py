@@ -28,6 +28,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from trainables.data import Encoded, PreparedData
 from trainables.loop import collate
 from trainables.methods._arch import encoder_layers
+from trainables.methods._base import HEAD, LAST_LAYER
 
 # Architectures whose head reads the last layer's token 0 with nothing trainable in between
 # but their own pooler.
@@ -38,17 +39,15 @@ CACHEABLE_ARCHS = (*TOKEN_ZERO_ARCHS, "modernbert")
 
 
 def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
-    """Whether this configuration trains only above the frozen encoder."""
-    if config.model_type not in CACHEABLE_ARCHS:
-        return False
-    if method in ("linear_probe", "head_only"):
-        return True
-    if config.model_type not in TOKEN_ZERO_ARCHS:
-        return False
-    if method == "adapter":
-        return knobs.get("adapter_placement") == "top"
-    if method == "freeze":
-        return knobs.get("freeze_layers", 0) >= config.num_hidden_layers
+    """Whether this configuration trains only above the frozen encoder (the method says how far
+    up it is frozen, :attr:`trainables.methods.Method.frozen`; the architecture what its head reads)."""
+    from trainables.methods import get_method
+
+    frozen = get_method(method).frozen(knobs, config)
+    if frozen == HEAD:
+        return config.model_type in CACHEABLE_ARCHS
+    if frozen == LAST_LAYER:
+        return config.model_type in TOKEN_ZERO_ARCHS
     return False
 
 

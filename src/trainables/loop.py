@@ -14,13 +14,14 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainables.checkpoint import TrainState
 from trainables.data import Encoded
 
 
@@ -28,11 +29,12 @@ from trainables.data import Encoded
 class TrainConfig:
     """Shared knobs of the loop (the same for every method)."""
 
-    learning_rate: float = 5e-5
+    # "log": searched and plotted on a log scale (reports read it from the run's metadata).
+    learning_rate: float = field(default=5e-5, metadata={"log": True})
     epochs: int = 1
     batch_size: int = 16
     eval_batch_size: int = 64
-    weight_decay: float = 0.01
+    weight_decay: float = field(default=0.01, metadata={"log": True})
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 4
@@ -65,6 +67,13 @@ class TrainConfig:
         :func:`eval_steps`, whose length is what a trial plans to report.
         """
         return self.epochs * self.evals_per_epoch
+
+
+# The loop's settings as names, derived here once:
+SHARED_KEYS = tuple(f.name for f in fields(TrainConfig))  # what a trial config may set
+SHARED_KNOBS = tuple(k for k in SHARED_KEYS if k != "seed")  # a space may search (seed: experiment)
+SHARED_COLUMNS = tuple(k for k in SHARED_KEYS if k != "eval_batch_size")  # trials table columns
+LOG_SHARED_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("log"))
 
 
 def improves(value: float, best: float | None, mode: str) -> bool:
@@ -225,11 +234,12 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     step, elapsed, best = 0, 0.0, 0.0
     if resume:
-        model.load_state_dict(resume["trainable"], strict=False)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        step, elapsed, best = resume["step"], resume["elapsed"], resume["best"]
-        torch.set_rng_state(resume["rng"])
+        state = TrainState.from_dict(resume)
+        model.load_state_dict(state.trainable, strict=False)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        step, elapsed, best = state.step, state.elapsed, state.best
+        torch.set_rng_state(state.rng)
 
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
@@ -239,13 +249,9 @@ def train(
     orders: dict[int, np.ndarray] = {}
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
-        # The order depends only on (seed, epoch): a resumed run sees the same batches.
         if epoch not in orders:
-            orders = {
-                epoch: np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_data))
-            }
-        order = orders[epoch]
-        idx = order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+            orders = {epoch: epoch_order(cfg.seed, epoch, len(train_data))}
+        idx = orders[epoch][offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         loss = model(**collate(train_data, idx, pad_id, device)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
@@ -270,21 +276,33 @@ def train(
                 best_val_accuracy=best,
             )
             loss_sum, loss_n = 0.0, 0
-            # Dropout draws from torch's RNG: a resumed run needs its state to match.
-            snapshot = (step, metrics["time_s"], best, torch.get_rng_state())
-
-            def get_state(snapshot=snapshot) -> dict:
-                return {
-                    "trainable": trainable_state(model),
-                    # state_dict() holds live tensors that the next step updates in place.
-                    "optimizer": copy.deepcopy(optimizer.state_dict()),
-                    "scheduler": scheduler.state_dict(),
-                    "step": snapshot[0],
-                    "elapsed": snapshot[1],
-                    "best": snapshot[2],
-                    "rng": snapshot[3],
-                    "config": asdict(cfg),
-                }
-
-            on_eval(metrics, get_state)
+            on_eval(metrics, state_getter(model, optimizer, scheduler, cfg, metrics, best))
     return metrics
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of an epoch's examples: it depends only on (seed, epoch), so a resumed run
+    sees the same batches."""
+    return np.random.default_rng(seed * 1000 + epoch).permutation(n)
+
+
+def state_getter(model, optimizer, scheduler, cfg: TrainConfig, metrics: dict, best: float):
+    """A function building the checkpoint state of this round, when asked (not every round is
+    saved). What it snapshots now - step, time, RNG - is what a resumed run must match."""
+    # Dropout draws from torch's RNG: a resumed run needs its state to match.
+    step, elapsed, rng = metrics["step"], metrics["time_s"], torch.get_rng_state()
+
+    def get_state() -> dict:
+        return TrainState(
+            trainable=trainable_state(model),
+            # state_dict() holds live tensors that the next step updates in place.
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            scheduler=scheduler.state_dict(),
+            step=step,
+            elapsed=elapsed,
+            best=best,
+            rng=rng,
+            config=asdict(cfg),
+        ).to_dict()
+
+    return get_state

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import tempfile
 import time
@@ -16,9 +15,11 @@ from typing import Any
 
 import torch
 
+from trainables import checkpoint as checkpoint_format
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
 from trainables.loop import (
+    SHARED_KEYS,
     EvalCallback,
     TrainConfig,
     eval_steps,
@@ -29,10 +30,6 @@ from trainables.loop import (
 )
 from trainables.methods import apply_method, get_method
 from trainables.model import count_parameters, load_classifier, set_threads
-
-SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-CHECKPOINT_FILE = "state.pt"
-CHECKPOINT_META = "meta.json"  # step and accuracy of a checkpoint, readable without loading it
 
 
 def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig]:
@@ -214,8 +211,7 @@ def tune_trainable(
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            # Tensors and plain values only: a pickle planted in the run folder never runs.
-            resume = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
+            resume = checkpoint_format.load(d)  # tensors only: a planted pickle never runs
 
     import ray
 
@@ -232,13 +228,7 @@ def tune_trainable(
         rounds += 1
         metrics = {**metrics, **placed}
         with tempfile.TemporaryDirectory() as d:
-            torch.save(get_state(), os.path.join(d, CHECKPOINT_FILE))
-            meta = {
-                k: metrics[k]
-                for k in ("step", "epoch", "val_accuracy", "val_loss", "feature_cache")
-            }
-            with open(os.path.join(d, CHECKPOINT_META), "w") as f:
-                json.dump(meta, f)
+            checkpoint_format.save(d, get_state(), metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         _injected_fault(flat["method"], rounds, restored=resume is not None)
 

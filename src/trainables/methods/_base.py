@@ -27,6 +27,7 @@ class Knob:
     high: float | None = None
     choices: Sequence[Any] | None = None
     help: str = ""
+    log: bool = False  # a size or rate: sampled and plotted on a log scale
 
     def check(self, value: Any) -> str | None:
         """None if ``value`` is allowed, else what is wrong with it."""
@@ -51,20 +52,52 @@ class Knob:
         return f"{self.kind} in [{self.low}, {self.high if self.high is not None else 'inf'}]"
 
 
+# How much of the encoder a configuration leaves frozen, as the feature cache needs to know:
+HEAD = "head"  # everything below the classification head is frozen: only the head trains
+LAST_LAYER = "last_layer"  # frozen up to the last layer's output; position-wise modules train on it
+# Export formats (trainables.export): a transformers model directory, a peft adapter directory,
+# or the trained parameters alone (trainable.safetensors) for in-house modules.
+EXPORT_FORMATS = ("transformers", "peft", "peftsearch")
+
+
+def _nothing_frozen(knobs: dict[str, Any], config) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Method:
-    """A fine-tuning method: a name, its knobs and the function that applies it."""
+    """A fine-tuning method: a name, its knobs, the function that applies it, and its facts.
+
+    ``frozen(knobs, config)``: how far up the encoder a configuration is
+    frozen (:data:`HEAD`, :data:`LAST_LAYER` or None); the feature cache
+    serves the configurations that train only above the frozen encoder.
+    ``export``: its export format, or a function of the model type.
+    """
 
     name: str
     apply: Callable[[nn.Module, dict[str, Any]], nn.Module]
     help: str
     knobs: tuple[Knob, ...] = field(default_factory=tuple)
+    frozen: Callable[[dict[str, Any], Any], str | None] = _nothing_frozen
+    export: str | Callable[[str], str] = "peftsearch"
+
+    def __post_init__(self) -> None:
+        if not callable(self.export) and self.export not in EXPORT_FORMATS:
+            raise ValueError(f"{self.name}: export {self.export!r} is not one of {EXPORT_FORMATS}")
 
     def defaults(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
     def knob(self, name: str) -> Knob | None:
         return next((k for k in self.knobs if k.name == name), None)
+
+    def export_format(self, model_type: str) -> str:
+        """``transformers``, ``peft`` or ``peftsearch`` for a model of ``model_type``."""
+        return self.export(model_type) if callable(self.export) else self.export
+
+    def log_knobs(self) -> tuple[str, ...]:
+        """The knobs on a log scale."""
+        return tuple(k.name for k in self.knobs if k.log)
 
 
 def freeze_base(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import arch_of, encoder_layers, layer_regex
-from trainables.methods._base import Knob, Method, freeze_base
+from trainables.methods._base import LAST_LAYER, Knob, Method, freeze_base
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -110,7 +110,7 @@ METHOD = Method(
             choices=("layer", "top"),
             help="layer: in every layer; top: one adapter on the final hidden states",
         ),
-        Knob("adapter_size", "int", 16, low=1, high=4096, help="bottleneck width"),
+        Knob("adapter_size", "int", 16, low=1, high=4096, log=True, help="bottleneck width"),
         Knob(
             "adapter_variant",
             "choice",
@@ -129,4 +129,6 @@ METHOD = Method(
             help="placement layer: train the layers' LayerNorms too; auto: for houlsby (as in the paper), not pfeiffer",
         ),
     ),
+    # A top adapter is position-wise on the last layer's output: it trains on cached features.
+    frozen=lambda knobs, config: LAST_LAYER if knobs.get("adapter_placement") == "top" else None,
 )

@@ -23,4 +23,6 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     return model
 
 
-METHOD = Method(name="bitfit", apply=apply, help="bias terms + head; all weights frozen")
+METHOD = Method(
+    name="bitfit", apply=apply, help="bias terms + head; all weights frozen", export="transformers"
+)

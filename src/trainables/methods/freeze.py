@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import base_blocks, encoder_layers, run_order
-from trainables.methods._base import Knob, Method, freeze_base
+from trainables.methods._base import LAST_LAYER, Knob, Method, freeze_base
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
@@ -49,4 +49,8 @@ METHOD = Method(
             help="k: encoder layers frozen from the bottom",
         ),
     ),
+    frozen=lambda knobs, config: (
+        LAST_LAYER if knobs.get("freeze_layers", 0) >= config.num_hidden_layers else None
+    ),
+    export="transformers",
 )

@@ -2,4 +2,9 @@
 
 from trainables.methods._base import Method
 
-METHOD = Method(name="full", apply=lambda model, knobs: model, help="every parameter trains")
+METHOD = Method(
+    name="full",
+    apply=lambda model, knobs: model,
+    help="every parameter trains",
+    export="transformers",
+)

@@ -41,4 +41,5 @@ METHOD = Method(
             help="kv_ffn: keys, values and the feed-forward activations (the paper's); kv: attention only",
         ),
     ),
+    export="peft",
 )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from trainables.methods._base import Method, freeze_base
+from trainables.methods._base import HEAD, Method, freeze_base
 
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "electra")
 
@@ -90,4 +90,7 @@ METHOD = Method(
     name="linear_probe",
     apply=apply,
     help="one linear layer on the frozen encoder's output (what the model's head reads)",
+    frozen=lambda knobs, config: HEAD,
+    # BERT's head already is one linear layer (on its frozen pooler): a transformers model.
+    export=lambda model_type: "transformers" if model_type == "bert" else "peftsearch",
 )

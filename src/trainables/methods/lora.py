@@ -39,7 +39,7 @@ METHOD = Method(
     apply=apply,
     help="low-rank updates of attention (or all linear) projections + head; encoder frozen",
     knobs=(
-        Knob("lora_rank", "int", 8, low=1, high=1024, help="rank r of the update"),
+        Knob("lora_rank", "int", 8, low=1, high=1024, log=True, help="rank r of the update"),
         Knob(
             "lora_alpha",
             "float",
@@ -56,4 +56,5 @@ METHOD = Method(
             help="attention query/value projections, or every linear layer of the encoder",
         ),
     ),
+    export="peft",
 )

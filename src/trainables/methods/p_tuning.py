@@ -35,7 +35,7 @@ METHOD = Method(
     apply=apply,
     help="virtual tokens from a prompt encoder (MLP or LSTM) + head; the encoder is frozen",
     knobs=(
-        Knob("prompt_length", "int", 20, low=1, high=512, help="virtual tokens"),
+        Knob("prompt_length", "int", 20, low=1, high=512, log=True, help="virtual tokens"),
         Knob("prompt_encoder", "choice", "mlp", choices=("mlp", "lstm"), help="the prompt encoder"),
         Knob(
             "prompt_encoder_size",
@@ -43,7 +43,9 @@ METHOD = Method(
             128,
             low=1,
             high=8192,
+            log=True,
             help="hidden size of the prompt encoder",
         ),
     ),
+    export="peft",
 )

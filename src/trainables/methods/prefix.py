@@ -123,7 +123,9 @@ METHOD = Method(
     apply=apply,
     help="trained key/value prefixes in every layer (P-tuning v2) + head; the encoder is frozen",
     knobs=(
-        Knob("prefix_length", "int", 16, low=1, high=512, help="prefix positions per layer"),
+        Knob(
+            "prefix_length", "int", 16, low=1, high=512, log=True, help="prefix positions per layer"
+        ),
         Knob(
             "prefix_projection",
             "choice",
@@ -131,6 +133,8 @@ METHOD = Method(
             choices=(False, True),
             help="reparameterise the prefixes through an MLP (prefix tuning) or not (P-tuning v2)",
         ),
-        Knob("prefix_hidden", "int", 256, low=1, high=8192, help="hidden size of that MLP"),
+        Knob(
+            "prefix_hidden", "int", 256, low=1, high=8192, log=True, help="hidden size of that MLP"
+        ),
     ),
 )

@@ -37,7 +37,7 @@ METHOD = Method(
     apply=apply,
     help="a trained soft prompt at the input + head; the encoder is frozen",
     knobs=(
-        Knob("prompt_length", "int", 20, low=1, high=512, help="virtual tokens"),
+        Knob("prompt_length", "int", 20, low=1, high=512, log=True, help="virtual tokens"),
         Knob(
             "prompt_init",
             "choice",
@@ -46,4 +46,5 @@ METHOD = Method(
             help=f"random, or the embeddings of {INIT_TEXT!r}",
         ),
     ),
+    export="peft",
 )

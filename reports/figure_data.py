@@ -14,7 +14,7 @@ DEFAULT_RANKING = ("val_accuracy", "max")
 
 
 def ranking(df: pd.DataFrame) -> tuple[str, str]:
-    """The run's ranking metric and its mode (``max`` / ``min``), as trials.parquet records them.
+    """The run's ranking metric and its mode (``max`` / ``min``), as the trials table records them.
 
     The search's first objective: its best round is the one value every
     figure, table, export and confirmation ranks trials by.
@@ -85,6 +85,31 @@ def best_per_method(df: pd.DataFrame) -> pd.DataFrame:
     """The best trial of each method by the ranking metric, best method first."""
     ranked = rank(df)
     return ranked.drop_duplicates("method", keep="first")
+
+
+def trial_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """How many trials ran, finished, were stopped early by the scheduler, and errored."""
+    stopped = trials["stopped_early"].astype(bool)
+    return {
+        "trials": len(trials),
+        "finished": int(((trials["status"] == "TERMINATED") & ~stopped).sum()),
+        "stopped": int(stopped.sum()),
+        "errored": int((trials["status"] == "ERROR").sum()),
+    }
+
+
+def method_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per method: trials, stopped early, errored, best validation accuracy, fewest parameters."""
+    by = trials.groupby("method")
+    return pd.DataFrame(
+        {
+            "trials": by.size(),
+            "stopped_early": by["stopped_early"].sum(),
+            "errored": by["status"].apply(lambda s: int((s == "ERROR").sum())),
+            "best_val_accuracy": by["val_accuracy"].max().round(4),
+            "trainable_params": by["trainable_params"].min(),
+        }
+    ).sort_values("best_val_accuracy", ascending=False)
 
 
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
