@@ -104,7 +104,28 @@ def lines() -> list[tuple[str, str, str, str]]:
     if r := _load("cluster_scaling"):
         out.append(("cluster_scaling", f"2 local Ray nodes (1 CPU each, one host) / 1 node: "
                     f"{r['ratio']:.2f}x trials per hour{_loaded(r)}", "≥ 1.8x", "yes" if r["met"] else "no"))  # fmt: skip
+    if r := _load("gpu"):
+        out.append(("gpu", _gpu(r), "measured where a CUDA GPU is available", "measured"))
     return out
+
+
+def _gpu(r: dict) -> str:
+    """gpu: steps per second fp32 -> bf16 per encoder and method, and packed trials per hour."""
+    parts = []
+    for enc in dict.fromkeys(x["encoder"] for x in r["speed"]):
+        rows = {(x["method"], x["precision"]): x for x in r["speed"] if x["encoder"] == enc}
+        methods = dict.fromkeys(m for m, _ in rows)
+        steps = ", ".join(f"{m} {rows[m, 'fp32']['steps_per_s']:.0f}→{rows[m, 'bf16']['steps_per_s']:.0f}"
+                          for m in methods)  # fmt: skip
+        peak = max(x["peak_gb"] for x in rows.values())
+        parts.append(f"{enc} (random weights) steps/s fp32→bf16: {steps}; peak ≤ {peak:.1f} GB")
+    packed = ", ".join(f"{x['trials_packed']} per GPU {x['trials_per_hour']}/h "
+                       f"(util {x['gpu_util_pct']}%)" for x in r["packing"])  # fmt: skip
+    return (
+        f"{r['gpu']}, batch {r['batch_size']} x {r['length']} tokens: "
+        + "; ".join(parts)
+        + f"; whole lora trials ({r['steps'] * 5} steps, cold process) packed: {packed}"
+    )
 
 
 def quality_lines() -> list[str]:

@@ -92,7 +92,13 @@ def confirm(
     configs = [json.loads(c) for c in chosen["config_json"]]
     if space.experiment.feature_cache and any(uses_cache(c["method"], c, config) for c in configs):
         # Test features too: only here, never in the search.
-        add_features(data, space.model, splits=("train", "validation", "test"), progress=not quiet)
+        add_features(
+            data,
+            space.model,
+            splits=("train", "validation", "test"),
+            progress=not quiet,
+            precision=space.feature_precision,
+        )
     init_ray(address)
     rows = _retrain(space, data, chosen, configs, seeds, quiet)
     df = pd.DataFrame(rows)

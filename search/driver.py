@@ -46,7 +46,8 @@ def choose_run(space: Space, name: str | None, storage: str, resume: bool) -> tu
     from ray import tune
 
     run = RunDir.of(storage, name or space.name)
-    restorable = run.exists() and tune.Tuner.can_restore(run.uri)
+    path, fs = run.tune_path
+    restorable = run.exists() and tune.Tuner.can_restore(path, storage_filesystem=fs)
     finished = run.read_record().get("status") == "finished"
     if resume:
         if not restorable:
@@ -179,7 +180,10 @@ def build_tuner(
     )
     if resume:
         # Errored trials stay recorded as errors; unfinished ones continue from their checkpoints.
-        return tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=False)
+        path, fs = run.tune_path
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
+        )
 
     grid = space.search.searcher == "grid"
     return tune.Tuner(
@@ -192,10 +196,14 @@ def build_tuner(
             num_samples=1 if grid else space.search.num_samples,
             max_concurrent_trials=max_concurrent or default_concurrency(space),
             time_budget_s=space.search.time_budget_s,
+            # A new trial runs in the worker process the last one finished in: no process start,
+            # no imports (seconds per trial). run_trial leaves nothing behind but caches.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run.name,
-            storage_path=run.storage,
+            storage_path=run.tune_storage[0],
+            storage_filesystem=run.tune_storage[1],
             # The best checkpoint per trial (what export takes); Ray also keeps the latest (for
             # resume) until the run ends, when prune_checkpoints drops it.
             checkpoint_config=tune.CheckpointConfig(
@@ -216,28 +224,28 @@ def prune_checkpoints(run: RunDir | str | Path, metric: str, mode: str) -> dict[
     Ray keeps the best checkpoint and the latest (to resume from); a finished
     run needs only the best (what ``peftsearch export`` takes,
     :func:`trainables.checkpoint.best_of`), and only its trained parameters
-    (:func:`trainables.checkpoint.slim`). Local storage only, for now.
+    (:func:`trainables.checkpoint.slim`). Works on the run's filesystem (a
+    bucket too).
     """
-    import shutil
-
     run = run if isinstance(run, RunDir) else RunDir.at(run)
-    if not run.is_local:
-        return {}
-    removed = 0
+    meta_of = lambda c: run.read_json(f"{c}/{checkpoint.META_FILE}"[len(run.root) + 1 :], {})  # noqa: E731
+    removed, kept = 0, []
     for trial_dir in run.trial_dirs():
-        ckpts = sorted(trial_dir.glob("checkpoint_*"))
-        if len(ckpts) < 2:
-            continue  # (the state files are slimmed below)
-        best = checkpoint.best_of(ckpts, metric, mode)
+        ckpts = [c for c in run.checkpoint_dirs() if c.startswith(trial_dir + "/")]
+        if not ckpts:
+            continue
+        best = checkpoint.best_of(ckpts, metric, mode, meta_of)
         for c in ckpts:
             if c != best:
-                shutil.rmtree(c, ignore_errors=True)  # Ray's own checkpoint folder
+                run.delete_dir(c)  # Ray's own checkpoint folder, under the run
                 removed += 1
-    kept = [c for c in run.checkpoint_dirs() if checkpoint.is_checkpoint(c)]
+        kept.append(best)
     for c in kept:
-        checkpoint.slim(c)
-    size = sum(f.stat().st_size for c in kept for f in c.rglob("*") if f.is_file())
-    return {"checkpoint_mb": round(size / 2**20, 2), "checkpoints_removed": removed}
+        with run.local_copy(c) as local:
+            if checkpoint.is_checkpoint(local) and checkpoint.slim(local) and not run.is_local:
+                run.upload(local / checkpoint.STATE_FILE, f"{c}/{checkpoint.STATE_FILE}")
+    mb = round(run.size_bytes(kept) / 2**20, 2)
+    return {"checkpoint_mb": mb, "checkpoints_removed": removed}
 
 
 def load(

@@ -29,12 +29,24 @@ def pick_trial(trials: pd.DataFrame, trial_id: str | None) -> pd.Series:
     return ranked.iloc[0]
 
 
-def best_checkpoint(run: RunDir, trial_id: str, metric: str, mode: str) -> Path:
-    """The kept checkpoint of a trial at its best round of ``metric``."""
-    found = [c for c in run.checkpoint_dirs(trial_id) if checkpoint.is_checkpoint(c)]
+def best_checkpoint(run: RunDir | str | Path, trial_id: str, metric: str, mode: str) -> Path | str:
+    """The kept checkpoint of a trial at its best round of ``metric`` (a local Path, or its path
+    in the run's filesystem)."""
+    run = run if isinstance(run, RunDir) else RunDir.at(run)
+    found = [
+        c for c in run.checkpoint_dirs(trial_id) if run.exists(_rel(run, c, checkpoint.STATE_FILE))
+    ]
     if not found:
         raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run.uri}")
-    return checkpoint.best_of(found, metric, mode)
+    best = checkpoint.best_of(
+        found, metric, mode, lambda c: run.read_json(_rel(run, c, checkpoint.META_FILE), {})
+    )
+    return Path(best) if run.is_local else best
+
+
+def _rel(run: RunDir, folder: str, file: str) -> str:
+    """``folder/file`` relative to the run's root (what RunDir's readers take)."""
+    return f"{folder}/{file}"[len(run.root) + 1 :]
 
 
 def export_trial(
@@ -68,8 +80,9 @@ def export_trial(
         )
     flat = json.loads(row["config_json"])
     method, knobs, _ = split_config(flat)
-    state = checkpoint.load(ckpt)  # tensors only: a planted pickle raises, never runs
-    meta = checkpoint.meta(ckpt)
+    with run.local_copy(str(ckpt)) as local:
+        state = checkpoint.load(local)  # tensors only: a planted pickle raises, never runs
+        meta = checkpoint.meta(local)
     model_name = row["model"]
     model = rebuild(
         model_name, labels, method, knobs, state["trainable"], bool(meta.get("feature_cache"))

@@ -160,7 +160,8 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
         from trainables.features import add_features
 
         started = time.perf_counter()
-        add_features(data, space.model, progress=progress)  # never the test split
+        # Never the test split.
+        add_features(data, space.model, progress=progress, precision=space.feature_precision)
         data.meta["features_s"] = round(time.perf_counter() - started, 2)
         if progress:
             print(

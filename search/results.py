@@ -104,7 +104,8 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
     from ray.tune import ExperimentAnalysis
 
     metric, mode = (space.metric, space.mode) if space is not None else DEFAULT_RANKING
-    analysis = ExperimentAnalysis(run.uri, trials=live_trials)
+    path, fs = run.tune_path
+    analysis = ExperimentAnalysis(path, storage_filesystem=fs, trials=live_trials)
     frames = analysis.trial_dataframes
     trials, curves = [], []
     for trial in analysis.trials:
@@ -140,6 +141,7 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             ),
             "wall_time_s": last.get("time_total_s"),
             "feature_cache": last.get("feature_cache"),
+            "precision_used": last.get("precision_used"),  # what precision: auto chose
             "data_splits": last.get("data_splits"),  # what the trial was given: never test
             "error": _error_text(trial),
             "num_failures": int(getattr(trial, "num_failures", 0) or 0),
@@ -211,7 +213,7 @@ def _trial_columns() -> list[str]:
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", "best_iteration",
         "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "feature_cache", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "feature_cache", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

@@ -73,7 +73,9 @@ train:                        # shared knobs, each fixed or a distribution; defa
   learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
   epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
                               #   evals_per_epoch 4 (ASHA's time unit: one evaluation),
-                              #   gradient_checkpointing false (true: less memory, ~1.5x time)
+                              #   gradient_checkpointing false (true: less memory, ~1.5x time),
+                              #   precision auto (bf16 where the hardware runs it natively, else
+                              #   fp32; or fp32 | bf16 | fp16, fp16 on GPUs only)
 methods:                      # method -> its knobs (peftsearch methods), and shared overrides
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
 search:
@@ -581,6 +583,14 @@ class Space:
         return [center] + [{**center, k: v} for k, d in own.items() for v in d.extremes()]
 
     @property
+    def feature_precision(self) -> str:
+        """The precision of the feature cache's pass: the one all methods train in, else fp32."""
+        default = Dist("fixed", TrainConfig.precision)
+        dists = {self.method_space(m).get("precision", default) for m in self.methods}
+        one = dists.pop() if len(dists) == 1 else None
+        return one.value if one is not None and one.kind == "fixed" else "fp32"
+
+    @property
     def max_t(self) -> int:
         """Most evaluation rounds any trial can run (ASHA's max_t)."""
         return _max_rounds(self.train, self.methods)
@@ -646,6 +656,8 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         with contextlib.suppress(TypeError, ValueError):
             problems += scheduler.rounds_problems(_max_rounds(train, methods))
     resources = _bind(Resources, raw.get("resources", {}), "resources", problems)
+    if resources and not (_is_number(resources.gpu) and resources.gpu > 0):
+        problems += _cuda_only_problems(train, methods)
     storage = raw.get("storage", DEFAULT_STORAGE)
     if not isinstance(storage, str):
         problems.append(("storage", "a folder path or URI (s3://...)"))
@@ -657,6 +669,16 @@ def validate(raw: Any, source: str = "<space>") -> Space:
 
 def _is_count(v: Any, low: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _cuda_only_problems(train: dict[str, Dist], methods: dict[str, dict[str, Dist]]) -> Problems:
+    """fp16 trains with a gradient scaler on CUDA only: not on trials without a GPU."""
+    spaces = {"train": train, **{f"methods.{m}": k for m, k in methods.items()}}
+    return [
+        (f"{where}.precision", "fp16 needs a GPU per trial (resources.gpu > 0): use bf16 or auto")
+        for where, knobs in spaces.items()
+        if "precision" in knobs and "fp16" in knobs["precision"].extremes()
+    ]
 
 
 def _parse_experiment(raw: Any, problems: Problems) -> Experiment | None:

@@ -117,7 +117,8 @@ def test_feature_head_computes_what_the_full_model_computes(
 @pytest.mark.parametrize("method,knobs", CACHED, ids=[m for m, _ in CACHED])
 def test_training_on_the_cache_gives_the_same_trial(method, knobs, tiny_bert, prepared):
     data = prepared["bert", "single"]
-    config = {"method": method, "learning_rate": 3e-2, "epochs": 3, "evals_per_epoch": 1, **knobs}
+    config = {"method": method, "learning_rate": 3e-2, "epochs": 3, "evals_per_epoch": 1,
+              "precision": "fp32", **knobs}  # fmt: skip
     fast, slow = [], []
     run_trial(config, data, str(tiny_bert), lambda m, s: fast.append(m))
     run_trial(config, _no_cache(data), str(tiny_bert), lambda m, s: slow.append(m))

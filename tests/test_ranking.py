@@ -78,7 +78,8 @@ def test_test_split_is_read_once_at_the_best_round(metric, mode, tiny_bert, data
 
     monkeypatch.setattr(trial_mod, "evaluate", counting)
     rounds: list[tuple[int, float, dict]] = []
-    cfg = {"method": "lora", "learning_rate": 3e-2, "epochs": 3, "evals_per_epoch": 2}
+    cfg = {"method": "lora", "learning_rate": 3e-2, "epochs": 3, "evals_per_epoch": 2,
+           "precision": "fp32"}  # fmt: skip
     out = run_trial(
         cfg,
         data,

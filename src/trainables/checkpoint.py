@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class TrainState:
     elapsed: float = 0.0  # training seconds so far
     best: float = 0.0  # best validation accuracy so far
     rng: torch.Tensor | None = None  # torch's RNG state (dropout) at the round
+    cuda_rng: torch.Tensor | None = None  # the GPU's, on a GPU
     config: dict | None = None  # the loop's settings (TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,20 +84,27 @@ def is_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / STATE_FILE).exists()
 
 
-def best_of(checkpoints: Iterable[str | Path], metric: str, mode: str) -> Path:
+def best_of(
+    checkpoints: Iterable[str | Path],
+    metric: str,
+    mode: str,
+    meta_of: Callable[[Any], dict[str, Any]] | None = None,
+):
     """The checkpoint at the best round of ``metric`` in ``mode`` (the earliest, on a tie).
 
     The one rule for "a trial's best checkpoint": what export takes and what
     the end-of-run pruning keeps, following the run's ranking metric.
+    ``meta_of`` reads a checkpoint's meta where it is not a local folder.
     """
     sign = 1.0 if mode == "max" else -1.0
+    read = meta_of or meta
 
-    def score(c: Path) -> tuple[float, int]:
-        m = meta(c)
+    def score(c) -> tuple[float, int]:
+        m = read(c)
         value = m.get(metric)
         return (-float("inf") if value is None else sign * value, -m.get("step", 0))
 
-    return max((Path(c) for c in checkpoints), key=score)
+    return max(checkpoints, key=score)
 
 
 def slim(directory: str | Path) -> bool:

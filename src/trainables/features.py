@@ -52,11 +52,13 @@ def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
 
 
 def head_input(
-    model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor
+    model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """The vector cached per example: from the base model's last hidden states, what the head reads."""
     config = model.config
     if config.model_type == "modernbert" and config.classifier_pooling == "mean":
+        if attention_mask is None:  # no padding in the batch
+            return hidden.mean(dim=1)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
     return hidden[:, 0]
@@ -115,7 +117,7 @@ def encode_features(
         if not takes_token_types:  # as the uncached trial does (trial.fit_data)
             inputs.pop("token_type_ids", None)
         hidden = base(**inputs).last_hidden_state
-        out[idx] = head_input(model, hidden, inputs["attention_mask"]).float().cpu().numpy()
+        out[idx] = head_input(model, hidden, inputs.get("attention_mask")).float().cpu().numpy()
         if bar is not None:
             bar.update(len(idx))
     return out
@@ -126,18 +128,27 @@ def add_features(
     model_name: str,
     splits: tuple[str, ...] = ("train", "validation"),
     progress: bool = False,
+    precision: str = "fp32",
 ) -> PreparedData:
-    """Compute the cache for ``splits`` into ``data.features`` (once per search)."""
+    """Compute the cache for ``splits`` into ``data.features`` (once per search).
+
+    On the GPU when there is one, under ``precision``'s autocast (``auto``
+    resolved for that device); the features are stored in fp32.
+    """
     from tqdm.auto import tqdm
 
+    from trainables import precision as amp
     from trainables.model import load_classifier
 
-    model = load_classifier(model_name, data.num_labels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_classifier(model_name, data.num_labels).to(device)
+    used = amp.resolve(precision, device)
     pad_id = data.meta.get("pad_token_id", 0)
     splits = tuple(s for s in splits if s in data.splits)
     total = sum(len(data.splits[s]) for s in splits)
     with (
         torch.inference_mode(),
+        amp.autocast(device, used),
         tqdm(
             total=total, desc="encoder features", unit="ex", disable=not progress, leave=False
         ) as bar,

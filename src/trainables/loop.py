@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables import precision as amp
 from trainables.checkpoint import TrainState
 from trainables.data import Encoded
+from trainables.precision import PRECISIONS
 
 
 @dataclass
@@ -41,6 +43,8 @@ class TrainConfig:
     # Recompute each encoder layer's activations in backward instead of keeping them:
     # about 0.7x the peak memory of a MiniLM trial for about 1.5x the time on CPU.
     gradient_checkpointing: bool = False
+    # auto: bf16 where the hardware runs it natively, else fp32 (trainables.precision).
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +58,7 @@ class TrainConfig:
             "max_grad_norm": self.max_grad_norm > 0,
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "gradient_checkpointing": isinstance(self.gradient_checkpointing, bool),
+            "precision": self.precision in PRECISIONS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -103,12 +108,21 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``: to a GPU through pinned memory, without waiting for the copy."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) -> dict:
     """Pad the examples at ``idx`` to their longest sequence (or take their cached features)."""
+    device = torch.device(device)
     if batch.features is not None:
         return {
-            "features": torch.from_numpy(batch.features[idx]).to(device),
-            "labels": torch.from_numpy(batch.labels[idx]).to(device),
+            "features": to_device(batch.features[idx], device),
+            "labels": to_device(batch.labels[idx], device),
         }
     seqs = [batch.input_ids[i] for i in idx]
     width = max(len(s) for s in seqs)
@@ -117,37 +131,44 @@ def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) 
     for row, s in enumerate(seqs):
         ids[row, : len(s)] = s
         mask[row, : len(s)] = 1
-    out = {
-        "input_ids": torch.from_numpy(ids).to(device),
-        "attention_mask": torch.from_numpy(mask).to(device),
-        "labels": torch.from_numpy(batch.labels[idx]).to(device),
-    }
+    out = {"input_ids": to_device(ids, device), "labels": to_device(batch.labels[idx], device)}
+    # A batch without padding goes without a mask: with one, transformers' SDPA path asks the
+    # device whether the mask is all ones (padding_mask.all()), which waits for the GPU every step.
+    if not mask.all():
+        out["attention_mask"] = to_device(mask, device)
     if batch.token_type_ids is not None:
         tti = np.zeros((len(seqs), width), dtype=np.int64)
         for row, i in enumerate(idx):
             tti[row, : len(batch.token_type_ids[i])] = batch.token_type_ids[i]
-        out["token_type_ids"] = torch.from_numpy(tti).to(device)
+        out["token_type_ids"] = to_device(tti, device)
     return out
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, batch_size: int, pad_id: int) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on a split."""
+def evaluate(
+    model: nn.Module, data: Encoded, batch_size: int, pad_id: int, precision: str = "fp32"
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a split (under the trial's autocast).
+
+    Sums stay on the device: one host sync per evaluation, not per batch.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     # Length-sorted batches waste little on padding; order does not matter here.
     order = np.argsort([len(s) for s in data.input_ids], kind="stable")
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     for start in range(0, len(order), batch_size):
         inputs = collate(data, order[start : start + batch_size], pad_id, device)
-        out = model(**inputs)
-        loss_sum += out.loss.item() * len(inputs["labels"])
-        correct += (out.logits.argmax(-1) == inputs["labels"]).sum().item()
+        with amp.autocast(device, precision):
+            out = model(**inputs)
+        loss_sum += out.loss.float() * len(inputs["labels"])
+        correct += (out.logits.argmax(-1) == inputs["labels"]).sum()
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
     train_mode(model, was_training)
-    return {"val_accuracy": correct / len(data), "val_loss": loss_sum / len(data)}
+    return {"val_accuracy": correct.item() / len(data), "val_loss": loss_sum.item() / len(data)}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -208,6 +229,11 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 EvalCallback = Callable[[dict[str, Any], Callable[[], dict]], None]
 
 
+# Steps between checks that the training loss is finite: each check waits for the device,
+# so not every step; an evaluation round checks too.
+FINITE_EVERY = 32
+
+
 def train(
     model: nn.Module,
     train_data: Encoded,
@@ -221,63 +247,89 @@ def train(
 
     ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()``
     builds a checkpoint that ``resume`` accepts. Returns the last metrics.
+    Nothing waits for the device per step: the loss is summed on the device and
+    checked for NaN/inf every ``FINITE_EVERY`` steps and at each evaluation.
     """
     device = next(model.parameters()).device
+    precision = amp.resolve(cfg.precision, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_ratio * total)
-    evals = eval_steps(len(train_data), cfg)
+    evals = set(eval_steps(len(train_data), cfg))
 
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    scaler = amp.grad_scaler(precision)
     step, elapsed, best = 0, 0.0, 0.0
     if resume:
-        state = TrainState.from_dict(resume)
-        model.load_state_dict(state.trainable, strict=False)
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        step, elapsed, best = state.step, state.elapsed, state.best
-        torch.set_rng_state(state.rng)
+        step, elapsed, best = restore(TrainState.from_dict(resume), model, optimizer, scheduler)
 
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
     train_mode(model)
     started = time.perf_counter() - elapsed
-    loss_sum, loss_n, metrics = 0.0, 0, {}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum, loss_n, metrics = torch.zeros((), device=device), 0, {}
     orders: dict[int, np.ndarray] = {}
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         if epoch not in orders:
             orders = {epoch: epoch_order(cfg.seed, epoch, len(train_data))}
         idx = orders[epoch][offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-        loss = model(**collate(train_data, idx, pad_id, device)).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
-        )
-        optimizer.step()
+        with amp.autocast(device, precision):
+            loss = model(**collate(train_data, idx, pad_id, device)).loss
+        if scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+        else:  # fp16: scaled gradients; a step with inf/NaN gradients is skipped by the scaler
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-
+        loss_sum += loss.detach().float()
+        loss_n += 1
+        if step % FINITE_EVERY == 0 or step in evals:
+            check_finite(loss_sum, step - loss_n + 1, step)
         if step in evals:
-            metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id)
+            metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id, precision)
             best = max(best, metrics["val_accuracy"])
             metrics.update(
-                train_loss=loss_sum / loss_n,
+                train_loss=loss_sum.item() / loss_n,
                 epoch=step / steps_per_epoch,
                 step=step,
                 time_s=time.perf_counter() - started,
                 best_val_accuracy=best,
+                precision_used=precision,
             )
-            loss_sum, loss_n = 0.0, 0
+            loss_sum, loss_n = torch.zeros((), device=device), 0
             on_eval(metrics, state_getter(model, optimizer, scheduler, cfg, metrics, best))
     return metrics
+
+
+def check_finite(loss_sum: torch.Tensor, first: int, last: int) -> None:
+    """Stop a trial whose training loss went NaN or infinite, with its reason (one host sync)."""
+    if not torch.isfinite(loss_sum):
+        value = loss_sum.item()
+        where = f"at step {last}" if first >= last else f"between steps {first} and {last}"
+        raise FloatingPointError(f"training loss is {value} {where}")
+
+
+def restore(state: TrainState, model, optimizer, scheduler) -> tuple[int, float, float]:
+    """Continue from a checkpoint: parameters, optimizer, schedule and RNG; (step, elapsed, best)."""
+    model.load_state_dict(state.trainable, strict=False)
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    torch.set_rng_state(state.rng)
+    if state.cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state.cuda_rng)
+    return state.step, state.elapsed, state.best
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -289,8 +341,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def state_getter(model, optimizer, scheduler, cfg: TrainConfig, metrics: dict, best: float):
     """A function building the checkpoint state of this round, when asked (not every round is
     saved). What it snapshots now - step, time, RNG - is what a resumed run must match."""
-    # Dropout draws from torch's RNG: a resumed run needs its state to match.
+    # Dropout draws from torch's RNG (the GPU's, on a GPU): a resumed run needs its state to match.
     step, elapsed, rng = metrics["step"], metrics["time_s"], torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
     def get_state() -> dict:
         return TrainState(
@@ -302,6 +355,7 @@ def state_getter(model, optimizer, scheduler, cfg: TrainConfig, metrics: dict, b
             elapsed=elapsed,
             best=best,
             rng=rng,
+            cuda_rng=cuda_rng,
             config=asdict(cfg),
         ).to_dict()
 

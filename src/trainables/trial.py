@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trainables import checkpoint as checkpoint_format
+from trainables import precision as amp
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
 from trainables.loop import (
@@ -135,7 +136,8 @@ def run_trial(
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
         model.load_state_dict(best["state"], strict=False)
-        scores = evaluate(model, data.splits["test"], cfg.eval_batch_size, pad_id)
+        used = amp.resolve(cfg.precision, next(model.parameters()).device)
+        scores = evaluate(model, data.splits["test"], cfg.eval_batch_size, pad_id, used)
         out.update(
             test_accuracy=scores["val_accuracy"],
             test_loss=scores["val_loss"],
