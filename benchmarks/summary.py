@@ -104,6 +104,17 @@ def lines() -> list[tuple[str, str, str, str]]:
     if r := _load("cluster_scaling"):
         out.append(("cluster_scaling", f"2 local Ray nodes (1 CPU each, one host) / 1 node: "
                     f"{r['ratio']:.2f}x trials per hour{_loaded(r)}", "≥ 1.8x", "yes" if r["met"] else "no"))  # fmt: skip
+    if r := _load("trial_start"):
+        w, wo = r["summary"]["with_reuse"], r["summary"]["without_reuse"]
+        own = {reuse: sorted(x["trial_own_s"] for x in r["rows"] if x["reuse_actors"] is reuse)
+               for reuse in (True, False)}  # fmt: skip
+        out.append(("trial_start", f"fixed start per trial (search wall time per trial minus the "
+                    f"trial's own time; {r['trials_per_search']} short trials one at a time, median "
+                    f"of {len(wo['fixed_start_s'])}): {wo['fixed_start_s_median']:.2f} s without "
+                    f"actor reuse (Tune's default), {w['fixed_start_s_median']:.2f} s with it "
+                    f"(peftsearch); the trial's own time {own[False][len(own[False]) // 2]:.2f} s "
+                    f"-> {own[True][len(own[True]) // 2]:.2f} s (warm imports){_loaded(r)}",
+                    "cut the ~6 s fixed start", "yes" if w["fixed_start_s_median"] < 1 else "no"))  # fmt: skip
     if r := _load("gpu"):
         out.append(("gpu", _gpu(r), "measured where a CUDA GPU is available", "measured"))
     return out
