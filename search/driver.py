@@ -228,13 +228,14 @@ def prune_checkpoints(run: RunDir | str | Path, metric: str, mode: str) -> dict[
     bucket too).
     """
     run = run if isinstance(run, RunDir) else RunDir.at(run)
-    meta_of = lambda c: run.read_json(f"{c}/{checkpoint.META_FILE}"[len(run.root) + 1 :], {})  # noqa: E731
+    from search.export import checkpoint_meta
+
     removed, kept = 0, []
     for trial_dir in run.trial_dirs():
         ckpts = [c for c in run.checkpoint_dirs() if c.startswith(trial_dir + "/")]
         if not ckpts:
             continue
-        best = checkpoint.best_of(ckpts, metric, mode, meta_of)
+        best = checkpoint.best_of(ckpts, metric, mode, lambda c: checkpoint_meta(run, c))
         for c in ckpts:
             if c != best:
                 run.delete_dir(c)  # Ray's own checkpoint folder, under the run

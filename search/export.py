@@ -34,19 +34,17 @@ def best_checkpoint(run: RunDir | str | Path, trial_id: str, metric: str, mode: 
     in the run's filesystem)."""
     run = run if isinstance(run, RunDir) else RunDir.at(run)
     found = [
-        c for c in run.checkpoint_dirs(trial_id) if run.exists(_rel(run, c, checkpoint.STATE_FILE))
+        c for c in run.checkpoint_dirs(trial_id) if run.exists(run.inside(c, checkpoint.STATE_FILE))
     ]
     if not found:
         raise FileNotFoundError(f"trial {trial_id}: no checkpoint under {run.uri}")
-    best = checkpoint.best_of(
-        found, metric, mode, lambda c: run.read_json(_rel(run, c, checkpoint.META_FILE), {})
-    )
+    best = checkpoint.best_of(found, metric, mode, lambda c: checkpoint_meta(run, c))
     return Path(best) if run.is_local else best
 
 
-def _rel(run: RunDir, folder: str, file: str) -> str:
-    """``folder/file`` relative to the run's root (what RunDir's readers take)."""
-    return f"{folder}/{file}"[len(run.root) + 1 :]
+def checkpoint_meta(run: RunDir, folder: str) -> dict:
+    """A checkpoint's meta, read through the run's filesystem (a bucket too); {} if none."""
+    return run.read_json(run.inside(folder, checkpoint.META_FILE), {})
 
 
 def export_trial(

@@ -129,6 +129,14 @@ class RunDir:
         """A file of the run, as a path in :attr:`fs`."""
         return f"{self.root}/{file}"
 
+    def inside(self, folder: str, file: str) -> str:
+        """``file`` in a folder of the run (a path in :attr:`fs`), relative to the run, as the
+        readers below take it: ``run.read_json(run.inside(checkpoint_dir, "meta.json"))``."""
+        path = f"{folder}/{file}"
+        if not path.startswith(self.root + "/"):
+            raise ValueError(f"{path} is not inside the run folder {self.root}")
+        return path[len(self.root) + 1 :]
+
     def sibling(self, name: str) -> RunDir:
         """Another run folder in the same storage."""
         return RunDir(self.storage, name)
