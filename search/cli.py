@@ -229,7 +229,7 @@ def cmd_run(args) -> int:
         )
         print("\nPareto front (trainable parameters vs validation accuracy):")
         print(pareto_table(res.trials).to_string(index=False))
-    print(f"\nresults: {res.run.path(TRIALS_FILE)}, {res.run.path(CURVES_FILE)}")
+    print(f"\nresults: {res.run.name_of(TRIALS_FILE)}, {res.run.name_of(CURVES_FILE)}")
     print(f"report:  {res.report}")
     if res.disk:
         print(f"checkpoints: {res.disk['checkpoint_mb']} MB on disk (the best one per trial)")
@@ -373,7 +373,7 @@ def cmd_confirm(args) -> int:
             if not s.empty
             else "no run succeeded"
         )
-    print(f"\nresults: {RunDir.at(args.run_dir).path(CONFIRM_FILE)}")
+    print(f"\nresults: {RunDir.at(args.run_dir).name_of(CONFIRM_FILE)}")
     return 0 if (df["status"] == "ok").all() else 1
 
 

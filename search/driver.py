@@ -302,7 +302,7 @@ def run(
     run_dir, resuming = choose_run(space, name, storage or space.storage, resume)
     if resuming:
         # The space as it was first run: a resumed search continues the same experiment.
-        space = validate(yaml.safe_load(run_dir.read_text(SPACE_FILE)), run_dir.path(SPACE_FILE))
+        space = validate(yaml.safe_load(run_dir.read_text(SPACE_FILE)), run_dir.name_of(SPACE_FILE))
         print(f"resuming {run_dir.uri}", flush=True)
     check_resources(space, address)
     config = check_fit(space)

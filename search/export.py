@@ -74,7 +74,7 @@ def export_trial(
     labels = run.read_record().get("data", {}).get("label_names")
     if not labels:
         raise ValueError(
-            f"{run.path(RUN_FILE)} records no label names: re-run the search with this peftsearch"
+            f"{run.name_of(RUN_FILE)} records no label names: re-run the search with this peftsearch"
         )
     flat = json.loads(row["config_json"])
     method, knobs, _ = split_config(flat)

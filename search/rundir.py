@@ -129,6 +129,13 @@ class RunDir:
         """A file of the run, as a path in :attr:`fs`."""
         return f"{self.root}/{file}"
 
+    def name_of(self, file: str) -> str:
+        """A file of the run as people name it: a local path, or a URI with its options."""
+        if self.is_local:
+            return str(self.local / file)
+        base, query = split_query(self.uri)
+        return f"{base}/{file}{query}"
+
     def inside(self, folder: str, file: str) -> str:
         """``file`` in a folder of the run (a path in :attr:`fs`), relative to the run, as the
         readers below take it: ``run.read_json(run.inside(checkpoint_dir, "meta.json"))``."""
@@ -275,8 +282,7 @@ class RunDir:
             return atomic_write(self.local / file, lambda tmp: tmp.write_bytes(data))
         with self.fs.open_output_stream(self.path(file)) as f:
             f.write(data)
-        base, query = split_query(self.uri)
-        return f"{base}/{file}{query}"
+        return self.name_of(file)
 
     def write_text(self, file: str, text: str) -> Path | str:
         return self.write_bytes(file, text.encode("utf-8"))

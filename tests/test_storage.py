@@ -156,3 +156,25 @@ def test_the_driver_killed_mid_search_resumes_from_the_bucket(s3, tmp_path, tiny
     assert record["status"] == "finished" and record["sessions"] == 2
     assert not run.sibling("tiny-2").exists()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "s3:").exists()
+
+
+def test_a_uri_keeps_its_options_where_the_run_name_goes_in():
+    from search.rundir import RunDir
+
+    run = RunDir.at("s3://bucket/runs/quick/?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert run.name == "quick" and not run.is_local
+    assert run.storage == "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert run.uri == "s3://bucket/runs/quick?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert run.name_of("trials.parquet") == (
+        "s3://bucket/runs/quick/trials.parquet?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
+    assert run.sibling("quick-2").uri.startswith("s3://bucket/runs/quick-2?")
+    assert run.root == "bucket/runs/quick"
+    assert (
+        run.inside("bucket/runs/quick/t_1/checkpoint_000", "meta.json")
+        == "t_1/checkpoint_000/meta.json"
+    )
+    with pytest.raises(ValueError):
+        run.inside("bucket/elsewhere", "meta.json")
+    local = RunDir.at("runs/quick/")
+    assert local.is_local and local.name == "quick" and local.local.is_absolute()
