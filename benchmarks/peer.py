@@ -158,7 +158,9 @@ def one(side: str, precision: str, seed: int, files: dict[str, str]) -> dict:
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"{side} {precision} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    return {"wall_s": time.perf_counter() - started, **json.loads(proc.stdout.splitlines()[-1])}
+    # Ray may print after the result at shutdown: the result is the last line that is a JSON object.
+    result = next(ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{"))
+    return {"wall_s": time.perf_counter() - started, **json.loads(result)}
 
 
 def summarise(runs: list[dict]) -> dict:
