@@ -230,11 +230,11 @@ def prune_checkpoints(run: RunDir | str | Path, metric: str, mode: str) -> dict[
     run = run if isinstance(run, RunDir) else RunDir.at(run)
     from search.export import checkpoint_meta
 
+    by_trial: dict[str, list[str]] = {}
+    for c in run.checkpoint_dirs():  # one listing of the run, grouped by trial folder
+        by_trial.setdefault(c.rpartition("/")[0], []).append(c)
     removed, kept = 0, []
-    for trial_dir in run.trial_dirs():
-        ckpts = [c for c in run.checkpoint_dirs() if c.startswith(trial_dir + "/")]
-        if not ckpts:
-            continue
+    for ckpts in by_trial.values():
         best = checkpoint.best_of(ckpts, metric, mode, lambda c: checkpoint_meta(run, c))
         for c in ckpts:
             if c != best:
