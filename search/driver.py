@@ -68,7 +68,7 @@ def make_searcher(space: Space):
     import optuna
 
     from search.searcher import DefineByRun, PeftOptunaSearch
-    from search.space import OBJECTIVES
+    from search.space import objective_mode
 
     if space.search.searcher == "grid":
         return None
@@ -87,9 +87,9 @@ def make_searcher(space: Space):
             )
     objectives = space.objectives
     if len(objectives) == 1:
-        metric, mode = objectives[0], OBJECTIVES[objectives[0]]
+        metric, mode = objectives[0], objective_mode(objectives[0])
     else:  # Optuna's multi-objective mode: lists go on the searcher only
-        metric, mode = objectives, [OBJECTIVES[o] for o in objectives]
+        metric, mode = objectives, [objective_mode(o) for o in objectives]
     # Each method's first trial comes first (its knobs sampled): a conditional space searched
     # at random from the start can leave a method untried in a short search.
     first = [{"method": m} for m in space.methods] if n >= len(space.methods) else None
@@ -212,7 +212,7 @@ def build_tuner(
                 checkpoint_score_order=space.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-            callbacks=[ProgressPrinter(space.metric)],
+            callbacks=[ProgressPrinter(space.metric, space.mode)],
             verbose=0,  # ProgressPrinter's one line per event instead of Tune's tables
         ),
     )

@@ -143,9 +143,12 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
             max_eval=exp.max_eval_samples,
             max_test=exp.max_test_samples,
             progress=progress,
+            task=exp.task,
+            metric=exp.ranking_metric,
+            positive_label=exp.positive_label,
         )
     except DataError as e:
-        raise SpaceError(space.source, [(e.key, str(e))]) from None
+        raise SpaceError(space.source, e.problems) from None
     data.meta.update(model=space.model, tokenize_s=round(time.perf_counter() - started, 2))
     if progress:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())

@@ -2,7 +2,8 @@
 
 A space file has these sections (all but ``methods`` optional, defaults below):
 
-``experiment``  model, dataset, max_length, split fractions, sample caps, seed
+``experiment``  model, dataset, task and ranking metric, max_length, split fractions,
+                sample caps, seed
 ``train``       shared knobs of the loop, for every method
 ``methods``     method name -> its own knobs, and overrides of shared knobs
 ``search``      searcher (tpe | random | grid), objectives, budget (num_samples,
@@ -38,6 +39,9 @@ import yaml
 from trainables.data import BUILTIN_DATASETS, DatasetSpec, Split
 from trainables.loop import SHARED_KNOBS, TrainConfig
 from trainables.methods import METHODS
+from trainables.metrics import CLASSIFICATION, DEFAULT_METRIC, METRICS, TASKS, mode_of
+from trainables.metrics import key as metric_key
+from trainables.metrics import task_problems as metric_task_problems
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 DEFAULT_SPACE = "quick.yaml"
@@ -62,6 +66,11 @@ experiment:
     columns: null             # names of a header-less CSV/TSV's columns: [text, label]
     encoding: utf-8           # of a local CSV/TSV/JSON file (latin-1, cp1252, ...)
     drop_invalid: false       # true: drop rows whose text or label is empty (else an error)
+  task: auto                  # classification | regression | auto (labels that are numbers, not
+                              #   all whole: regression; 0.0/1.0 stays classification)
+  metric: null                # what ranks trials: accuracy (the default; pearson for regression),
+                              #   f1_macro, f1_micro, f1 (binary), mcc, pearson, spearman, loss
+  positive_label: null        # f1's positive label (default: the second label in order, 1 of 0/1)
   max_length: 128             # tokens per example (> 0)
   split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
   max_train_samples: null     # stratified caps (null: all): training split,
@@ -80,13 +89,14 @@ methods:                      # method -> its knobs (peftsearch methods), and sh
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
 search:
   searcher: tpe               # tpe | random | grid (grid: choices and fixed values only)
-  objectives: [val_accuracy]  # or [val_accuracy, trainable_params]: multi-objective Optuna
+  objectives: null            # [val_<metric>] (experiment.metric), or [val_<metric>,
+                              #   trainable_params]: multi-objective Optuna
   num_samples: 8              # trials (grid: every combination once instead)
   time_budget_s: null         # stop the search after this many seconds
   max_concurrent: null        # trials at once; default: as many as the resources fit
   max_failures: 0             # retries of a failed trial, from its last checkpoint
 scheduler:
-  type: asha                  # asha | pareto_asha (keeps the rung's accuracy/params front) | none
+  type: asha                  # asha | pareto_asha (keeps the rung's metric/params front) | none
   grace_period: 1             # evaluation rounds before the first cut
   reduction_factor: 2         # keep the top 1/reduction_factor at each rung
   per_method: false           # true: a trial competes only with trials of its own method
@@ -98,10 +108,14 @@ A distribution is a mapping with one key: {choice: [a, b]}, {int: [lo, hi]},
 """
 SEARCHERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "pareto_asha", "none")
-# What a search can optimise, and in which direction. The first objective is a
-# validation metric (ASHA and checkpoints rank by it); a second can be the cost.
-METRICS = {"val_accuracy": "max", "val_loss": "min"}
-OBJECTIVES = {**METRICS, "trainable_params": "min"}
+# A search's first objective is val_<experiment.metric>, its ranking metric (ASHA,
+# checkpoints, "best" rank by it); a second can be the cost, minimised.
+COST = "trainable_params"
+
+
+def objective_mode(objective: str) -> str:
+    """``max`` or ``min`` for an objective: ``val_<metric>`` or the cost."""
+    return "min" if objective == COST else mode_of(objective)
 
 
 class SpaceError(ValueError):
@@ -316,9 +330,36 @@ class Experiment:
     max_test_samples: int | None = None  # default: the whole test split
     seed: int = 0
     feature_cache: bool = True
+    task: str = "auto"  # classification | regression | auto (from the label column)
+    metric: str | None = None  # the ranking metric; None: accuracy (pearson for regression)
+    positive_label: str | int | None = None  # f1's positive label
+
+    @property
+    def ranking_metric(self) -> str:
+        """The metric every trial is ranked by (``experiment.metric`` or the task's default)."""
+        return self.metric or DEFAULT_METRIC.get(self.task, DEFAULT_METRIC[CLASSIFICATION])
+
+    def metric_problems(self) -> Problems:
+        """An unknown task or metric, a metric that does not fit a given task, a stray
+        positive_label."""
+        out: Problems = []
+        if self.task not in ("auto", *TASKS):
+            out.append(("experiment.task", f"one of {['auto', *TASKS]}, got {self.task!r}"))
+        if self.metric is not None and self.metric not in METRICS:
+            out.append(("experiment.metric", f"one of {list(METRICS)}, got {self.metric!r}"))
+        elif self.task in TASKS:
+            out += metric_task_problems(self.ranking_metric, self.task)
+        if self.positive_label is not None and self.ranking_metric != "f1":
+            out.append(
+                (
+                    "experiment.positive_label",
+                    "names f1's positive label: set experiment.metric: f1, or drop it",
+                )
+            )
+        return out
 
     def problems(self) -> Problems:
-        out = check_name(self.name)
+        out = check_name(self.name) + self.metric_problems()
         if not _is_count(self.max_length, 1):
             out.append(
                 ("experiment.max_length", f"must be an integer > 0, got {self.max_length!r}")
@@ -351,8 +392,9 @@ class Search:
     """``search``: the searcher, its objectives, budget and retries."""
 
     searcher: str = "tpe"
-    # One objective (the validation metric) or two: [val_accuracy, trainable_params].
-    objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])
+    # One objective (val_<experiment.metric>) or two: [val_<metric>, trainable_params];
+    # None: [val_<metric>].
+    objectives: list[str] | None = None
     num_samples: int = 8
     time_budget_s: float | None = None
     max_concurrent: int | None = None
@@ -367,26 +409,16 @@ class Search:
         if self.searcher not in SEARCHERS:
             out.append(("search.searcher", f"one of {list(SEARCHERS)}, got {self.searcher!r}"))
         obj = self.objectives
-        if not (isinstance(obj, list) and 1 <= len(obj) <= 2):
+        if obj is not None and not (isinstance(obj, list) and 1 <= len(obj) <= 2):
             out.append(
                 (
                     "search.objectives",
                     f"a list of one or two objectives, e.g. [val_accuracy, trainable_params]; got {obj!r}",
                 )
             )
-        elif obj[0] not in METRICS:
+        elif obj is not None and len(obj) == 2 and obj[1] != COST:
             out.append(
-                (
-                    "search.objectives",
-                    f"the first objective is a validation metric out of {list(METRICS)}, got {obj[0]!r}",
-                )
-            )
-        elif len(obj) == 2 and obj[1] != "trainable_params":
-            out.append(
-                (
-                    "search.objectives",
-                    f"the second objective can only be trainable_params, got {obj[1]!r}",
-                )
+                ("search.objectives", f"the second objective can only be {COST}, got {obj[1]!r}")
             )
         if not _is_count(self.num_samples, 1):
             out.append(("search.num_samples", f"must be an integer >= 1, got {self.num_samples!r}"))
@@ -407,6 +439,21 @@ class Search:
                 )
             )
         return out
+
+    def objective_problems(self, metric: str) -> Problems:
+        """The first objective is the ranking metric, ``val_<experiment.metric>``: one owner."""
+        obj = self.objectives
+        if not (isinstance(obj, list) and 1 <= len(obj) <= 2) or obj[0] == metric_key(metric):
+            return []
+        return [
+            (
+                "search.objectives",
+                f"the first objective is the ranking metric, {metric_key(metric)} (experiment.metric: "
+                f"{metric}), got {obj[0]!r}: leave search.objectives out (it defaults to "
+                f"[{metric_key(metric)}]), or start it with {metric_key(metric)}; to rank by another metric, "
+                f"set experiment.metric (one of {list(METRICS)})",
+            )
+        ]
 
     def grid_problems(self, methods: dict[str, dict[str, Dist]]) -> Problems:
         """A grid takes fixed values and choices only."""
@@ -539,17 +586,18 @@ class Space:
 
     @property
     def objectives(self) -> list[str]:
-        """What the searcher optimises: the validation metric, then maybe trainable_params."""
-        return list(self.search.objectives)
+        """What the searcher optimises: the ranking metric, then maybe trainable_params."""
+        return list(self.search.objectives or [self.metric])
 
     @property
     def metric(self) -> str:
-        """The validation metric: ASHA, checkpoints and "best" rank trials by it."""
-        return self.objectives[0]
+        """The ranking metric's result key, ``val_<experiment.metric>``: ASHA, Optuna,
+        checkpoints, "best", export, confirm and the report rank by it."""
+        return metric_key(self.experiment.ranking_metric)
 
     @property
     def mode(self) -> str:
-        return OBJECTIVES[self.metric]
+        return mode_of(self.metric)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of every method's values (``searcher: grid``), as trial configs."""
@@ -650,6 +698,8 @@ def validate(raw: Any, source: str = "<space>") -> Space:
     search = _bind(Search, raw.get("search", {}), "search", problems)
     if search:
         problems += search.grid_problems(methods)
+        if exp and exp.metric in (None, *METRICS):
+            problems += search.objective_problems(exp.ranking_metric)
     scheduler = _bind(Scheduler, raw.get("scheduler", {}), "scheduler", problems)
     if scheduler and methods:
         # epochs / evals_per_epoch that are not numbers are reported with train / methods.

@@ -33,7 +33,8 @@ def test_evaluates_evals_per_epoch_times(tiny_bert, data):
     assert len(seen) == cfg.planned_evals == 6
     assert seen[-1]["epoch"] == pytest.approx(2.0)
     assert all(0 <= m["val_accuracy"] <= 1 for m in seen)
-    assert [m["best_val_accuracy"] for m in seen] == sorted(m["best_val_accuracy"] for m in seen)
+    assert [m["best_val_metric"] for m in seen] == sorted(m["best_val_metric"] for m in seen)
+    assert seen[-1]["best_val_metric"] == max(m["val_accuracy"] for m in seen)
 
 
 def test_nan_loss_raises(tiny_bert, data):

@@ -68,7 +68,11 @@ BROKEN = [
     ("search.num_samples", "0", "search.num_samples", ">= 1"),
     ("search.searcher", "bayes", "search.searcher", "tpe"),
     ("search.searcher", "grid", "methods.full.learning_rate", "grid search takes"),
-    ("search.objectives", "[trainable_params]", "search.objectives", "validation metric"),
+    ("search.objectives", "[trainable_params]", "search.objectives", "the ranking metric"),
+    ("search.objectives", "[val_loss]", "search.objectives", "set experiment.metric"),
+    ("experiment.metric", "auc", "experiment.metric", "f1_macro"),
+    ("experiment.task", "ranking", "experiment.task", "regression"),
+    ("experiment.positive_label", "yes", "experiment.positive_label", "metric: f1"),
     ("search.objectives", "[val_accuracy, val_loss]", "search.objectives", "trainable_params"),
     ("search.objectives", "[]", "search.objectives", "one or two"),
     ("search.time_budget_s", "0", "search.time_budget_s", "seconds > 0"),
@@ -126,6 +130,24 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(SpaceError) as err:
         validate(raw)
     assert len(err.value.problems) == 3
+
+
+def test_the_metric_owns_the_objectives_and_must_fit_the_task():
+    space = validate(apply_overrides(BASE, ["experiment.metric=mcc"]))
+    assert space.objectives == ["val_mcc"] and (space.metric, space.mode) == ("val_mcc", "max")
+    two = ["experiment.metric=mcc", "search.objectives=[val_mcc, trainable_params]"]
+    assert validate(apply_overrides(BASE, two)).objectives == ["val_mcc", "trainable_params"]
+    loss = validate(apply_overrides(BASE, ["experiment.metric=loss"]))
+    assert (loss.metric, loss.mode) == ("val_loss", "min")
+    # Regression ranks by pearson unless told otherwise; a classification metric does not fit.
+    assert validate(apply_overrides(BASE, ["experiment.task=regression"])).metric == "val_pearson"
+    bad = ["experiment.task=regression", "experiment.metric=mcc", "search.objectives=[val_f1]"]
+    with pytest.raises(SpaceError) as err:
+        validate(apply_overrides(BASE, bad))
+    problems = dict(err.value.problems)
+    assert "'mcc' does not fit a regression task" in problems["experiment.metric"]
+    assert "pearson" in problems["experiment.metric"]
+    assert "the first objective is the ranking metric, val_mcc" in problems["search.objectives"]
 
 
 def test_malformed_yaml_and_missing_methods(tmp_path):

@@ -28,8 +28,9 @@ from trainables.atomic import atomic_write
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-# What a checkpoint's meta.json records of the round it was taken at.
-META_KEYS = ("step", "epoch", "val_accuracy", "val_loss", "feature_cache")
+# What a checkpoint's meta.json records of the round it was taken at: these, and every
+# validation metric (``val_*``), so that best_of can rank by whichever one the run ranks by.
+META_KEYS = ("step", "epoch", "feature_cache")
 # What a finished run keeps of a checkpoint: the trained parameters and where they came from.
 SLIM_KEYS = ("trainable", "step", "best", "config")
 
@@ -43,7 +44,7 @@ class TrainState:
     scheduler: dict | None = None
     step: int = 0
     elapsed: float = 0.0  # training seconds so far
-    best: float = 0.0  # best validation accuracy so far
+    best: float | None = None  # best round so far of the ranking metric
     rng: torch.Tensor | None = None  # torch's RNG state (dropout) at the round
     cuda_rng: torch.Tensor | None = None  # the GPU's, on a GPU
     config: dict | None = None  # the loop's settings (TrainConfig)
@@ -63,7 +64,7 @@ def save(directory: str | Path, state: dict[str, Any], metrics: dict[str, Any]) 
     """Write a checkpoint into ``directory``: ``state`` and the round's ``metrics`` (META_KEYS)."""
     directory = Path(directory)
     torch.save(state, directory / STATE_FILE)
-    meta = {k: metrics[k] for k in META_KEYS if k in metrics}
+    meta = {k: v for k, v in metrics.items() if k in META_KEYS or k.startswith("val_")}
     (directory / META_FILE).write_text(json.dumps(meta))
 
 

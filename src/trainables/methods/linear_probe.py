@@ -61,7 +61,9 @@ def _distilbert_forward(
         **kwargs,
     )[0]
     logits = self.classifier(self.dropout(hidden[:, 0]))
-    loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    from trainables.metrics import task_loss  # cross-entropy, or MSE for regression
+
+    loss = task_loss(logits, labels) if labels is not None else None
     return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
