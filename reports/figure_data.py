@@ -99,17 +99,20 @@ def trial_counts(trials: pd.DataFrame) -> dict[str, int]:
 
 
 def method_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per method: trials, stopped early, errored, best validation accuracy, fewest parameters."""
+    """Per method: trials, stopped early, errored, the best value of the ranking metric,
+    fewest parameters; best method first."""
+    metric, mode = ranking(trials)
     by = trials.groupby("method")
+    best = by[metric].max() if mode == "max" else by[metric].min()
     return pd.DataFrame(
         {
             "trials": by.size(),
             "stopped_early": by["stopped_early"].sum(),
             "errored": by["status"].apply(lambda s: int((s == "ERROR").sum())),
-            "best_val_accuracy": by["val_accuracy"].max().round(4),
+            f"best_{metric}": best.round(4),
             "trainable_params": by["trainable_params"].min(),
         }
-    ).sort_values("best_val_accuracy", ascending=False)
+    ).sort_values(f"best_{metric}", ascending=mode == "min")
 
 
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
@@ -162,8 +165,9 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any]]:
-    """One line per trial: validation accuracy by epoch, marked if early-stopped."""
+    """One line per trial: the ranking metric and the loss by epoch, marked if early-stopped."""
     stopped = dict(zip(trials["trial_id"], trials["stopped_early"]))
+    metric = ranking(trials)[0]
     out = []
     for trial_id, group in curves.sort_values(["trial_id", "iteration"]).groupby(
         "trial_id", sort=True
@@ -173,7 +177,8 @@ def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any
                 "trial_id": trial_id,
                 "method": group["method"].iloc[0],
                 "epoch": group["epoch"].tolist(),
-                "val_accuracy": group["val_accuracy"].tolist(),
+                "metric": metric,
+                "values": group[metric].tolist() if metric in group else [],
                 "val_loss": group["val_loss"].tolist(),
                 "stopped": bool(stopped.get(trial_id, False)),
             }
@@ -182,23 +187,67 @@ def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any
 
 
 def confirm_summary(confirmed: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy mean ± std per confirmed configuration, beside its validation numbers."""
+    """The test value of the ranking metric (and accuracy), mean ± std per confirmed
+    configuration, beside its validation numbers."""
     ok = confirmed[confirmed["status"] == "ok"] if len(confirmed) else confirmed
     if ok.empty:
         return pd.DataFrame()
+    # Confirm tables written before the ranking metric's test value was recorded: accuracy.
+    test = "test_metric" if "test_metric" in ok and ok["test_metric"].notna().any() else None
+    numeric = {c: pd.to_numeric(ok[c], errors="coerce") for c in ("test_accuracy",) if c in ok}
+    ok = ok.assign(**numeric, test_metric=pd.to_numeric(ok[test or "test_accuracy"]))
     g = ok.groupby(["trial_id", "method"], sort=False)
     out = g.agg(
         seeds=("seed", "count"),
+        test_metric_mean=("test_metric", "mean"),
+        test_metric_std=("test_metric", "std"),
         test_accuracy_mean=("test_accuracy", "mean"),
         test_accuracy_std=("test_accuracy", "std"),
-        val_accuracy_search=("val_accuracy_search", "first"),
-        val_accuracy_retrained=("best_val_accuracy", "mean"),
+        val_metric_search=("val_metric_search", "first"),
+        val_metric_retrained=("best_val_metric", "mean"),
         trainable_params=("trainable_params", "first"),
         total_params=("total_params", "first"),
         knobs_json=("knobs_json", "first"),
     ).reset_index()
-    out["test_accuracy_std"] = out["test_accuracy_std"].fillna(0.0)
+    for col in ("test_metric_std", "test_accuracy_std"):
+        out[col] = out[col].fillna(0.0)
+    metric = str(ok["metric"].dropna().iloc[0]) if "metric" in ok else DEFAULT_RANKING[0]
+    out.attrs["metric"] = metric
     return out.sort_values("trainable_params").reset_index(drop=True)
+
+
+def per_label_data(confirmed: pd.DataFrame, trial_ids: list[str]) -> list[dict[str, Any]]:
+    """For each confirmed configuration in ``trial_ids`` (the Pareto-optimal ones) that has
+    per-label figures: precision, recall and F1 per label (mean over seeds) and the confusion
+    matrix (summed over seeds; rows: true label, columns: predicted)."""
+    if confirmed is None or "test_per_class_json" not in confirmed:
+        return []
+    ok = confirmed[(confirmed["status"] == "ok") & confirmed["test_per_class_json"].notna()]
+    out = []
+    for trial_id in trial_ids:
+        runs = ok[ok["trial_id"] == trial_id]
+        if runs.empty:
+            continue
+        per = [json.loads(t) for t in runs["test_per_class_json"]]
+        labels = json.loads(runs["label_names"].iloc[0]) if "label_names" in runs else None
+        n = len(per[0]["f1"])
+        labels = labels if labels and len(labels) == n else [str(i) for i in range(n)]
+        mats = [json.loads(t) for t in runs["test_confusion_json"].dropna()]
+        out.append(
+            {
+                "trial_id": trial_id,
+                "method": str(runs["method"].iloc[0]),
+                "seeds": len(runs),
+                "labels": labels,
+                **{
+                    k: [sum(p[k][i] for p in per) / len(per) for i in range(n)]
+                    for k in ("precision", "recall", "f1")
+                },
+                "support": per[0]["support"],
+                "confusion": [[sum(m[r][c] for m in mats) for c in range(n)] for r in range(n)],
+            }
+        )
+    return out
 
 
 def compute_data(trials: pd.DataFrame) -> dict[str, Any]:

@@ -19,10 +19,13 @@ from reports.figure_data import (
     compute_data,
     confirm_summary,
     curve_data,
+    healthy,
     knob_effects,
     knob_summary,
     metric_label,
+    pareto_front,
     pareto_table,
+    per_label_data,
     ranking,
     run_metadata,
     scatter_data,
@@ -63,7 +66,7 @@ def pareto_figure(trials: pd.DataFrame):
     xs_params, xs_pct = [], []
     for method, pts in data["methods"].items():
         text = [
-            f"{method} ({tid})<br>{knobs}<br>trainable {int(x):,} ({100 * f:.3f}%)<br>val acc {y:.4f}"
+            f"{method} ({tid})<br>{knobs}<br>trainable {int(x):,} ({100 * f:.3f}%)<br>{label} {y:.4f}"
             + ("<br>stopped early" if s else "")
             for tid, knobs, x, f, y, s in zip(
                 pts["trial_id"], pts["knobs"], pts["x"], pts["fraction"], pts["y"], pts["stopped"]
@@ -129,7 +132,7 @@ def pareto_figure(trials: pd.DataFrame):
 
 
 def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame):
-    """Validation accuracy and loss by epoch, one line per trial, grouped by method.
+    """The ranking metric and the loss by epoch, one line per trial, grouped by method.
 
     A trial that early stopping cut is dotted and ends in an x where it was cut.
     """
@@ -138,10 +141,11 @@ def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame):
 
     lines = curve_data(curves, trials)
     colors = _colors({c["method"] for c in lines})
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "validation loss"))
+    label = metric_label(ranking(trials)[0])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(label, "validation loss"))
     shown: set[str] = set()
     for c in sorted(lines, key=lambda c: c["method"]):
-        for col, key in ((1, "val_accuracy"), (2, "val_loss")):
+        for col, key in ((1, "values"), (2, "val_loss")):
             symbols = ["circle"] * len(c["epoch"])
             if c["stopped"] and symbols:
                 symbols[-1] = "x"
@@ -305,21 +309,21 @@ def _confirm_table(confirmed: pd.DataFrame | None) -> str:
             "split.</em></p>"
         )
     s = confirm_summary(confirmed)
+    name = s.attrs.get("metric", "val_accuracy").removeprefix("val_") if len(s) else "accuracy"
     table = pd.DataFrame(
         {
             "trial_id": s["trial_id"],
             "method": s["method"],
             "trainable_params": s["trainable_params"].astype("int64"),
-            "val_accuracy (search)": s["val_accuracy_search"].round(4),
-            "val_accuracy (retrained, mean)": s["val_accuracy_retrained"].round(4),
-            "test_accuracy": [
-                f"{m:.4f} ± {sd:.4f}"
-                for m, sd in zip(s["test_accuracy_mean"], s["test_accuracy_std"])
-            ],
+            f"val {name} (search)": s["val_metric_search"].round(4),
+            f"val {name} (retrained, mean)": s["val_metric_retrained"].round(4),
+            f"test {name}": _mean_std(s["test_metric_mean"], s["test_metric_std"]),
             "seeds": s["seeds"],
             "knobs": s["knobs_json"].map(knob_summary),
         }
-    )
+    ) if len(s) else pd.DataFrame()  # fmt: skip
+    if len(s) and name != "accuracy" and s["test_accuracy_mean"].notna().any():
+        table.insert(6, "test accuracy", _mean_std(s["test_accuracy_mean"], s["test_accuracy_std"]))
     failed = confirmed[confirmed["status"] != "ok"]
     note = (
         f"<p>{len(failed)} run(s) failed; their errors are in the confirm table.</p>"
@@ -333,6 +337,37 @@ def _confirm_table(confirmed: pd.DataFrame | None) -> str:
         + table_html(table)
         + note
     )
+
+
+def _mean_std(mean: pd.Series, std: pd.Series) -> list[str]:
+    return [f"{m:.4f} ± {sd:.4f}" if pd.notna(m) else "" for m, sd in zip(mean, std)]
+
+
+def _per_label_html(trials: pd.DataFrame, confirmed: pd.DataFrame | None) -> str:
+    """Per-label test figures and the confusion matrix of each confirmed Pareto-optimal
+    configuration (classification); every label escaped."""
+    front = pareto_front(healthy(trials))["trial_id"].tolist()
+    parts = []
+    for d in per_label_data(confirmed, front):
+        scores = pd.DataFrame(
+            {
+                "label": d["labels"],
+                "precision": [round(v, 4) for v in d["precision"]],
+                "recall": [round(v, 4) for v in d["recall"]],
+                "F1": [round(v, 4) for v in d["f1"]],
+                "support": d["support"],
+            }
+        )
+        matrix = pd.DataFrame(d["confusion"], columns=d["labels"])
+        matrix.insert(0, "true \\ predicted", d["labels"])
+        parts.append(
+            f"<h3>{html.escape(d['method'])} ({html.escape(str(d['trial_id']))})</h3>"
+            f"<p>Test split, {d['seeds']} seed(s): precision, recall and F1 per label (mean over "
+            "seeds); the confusion matrix summed over seeds.</p>"
+            + table_html(scores)
+            + table_html(matrix)
+        )
+    return "".join(parts)
 
 
 def _searched_knobs(trials: pd.DataFrame) -> list[str]:
@@ -412,6 +447,7 @@ code {{ font-size: 0.85em; }}
 {table_html(_best_table(trials))}
 <h2>Confirmed on the test split</h2>
 {_confirm_table(confirmed)}
+{_per_label_html(trials, confirmed)}
 <h2>Learning curves</h2>
 {divs["curves"]}
 <h2>Compute</h2>

@@ -28,7 +28,9 @@ def pareto_svg(data: dict[str, Any], colors: dict[str, str], title: str) -> str:
     hi = max(hi, lo + 1)
     ylo, yhi = min(ys), max(ys)
     pad = max(0.02, (yhi - ylo) * 0.08)
-    ylo, yhi = max(0.0, ylo - pad), min(1.0, yhi + pad)
+    # Scores within [0, 1] (accuracy, F1) stay there; correlations reach -1, losses pass 1.
+    floor = 0.0 if ylo >= 0 else -1.0
+    ylo, yhi = max(floor, ylo - pad), (min(1.0, yhi + pad) if yhi <= 1 else yhi + pad)
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
     def sx(x: float) -> float:

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peftsearch",
         description="Search fine-tuning methods and their hyperparameters with Ray Tune; "
-        "report accuracy vs trainable parameters.",
+        "report the task metric vs trainable parameters.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--best",
         action="store_true",
-        help="the trial with the best round of the run's ranking metric (search.objectives[0])",
+        help="the trial with the best round of the run's ranking metric (experiment.metric)",
     )
     which.add_argument("--trial", metavar="ID", help=f"a trial id ({TRIALS_FILE}, column trial_id)")
     ex.add_argument(
@@ -135,10 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     con = sub.add_parser(
         "confirm",
         help="retrain the chosen trials over seeds and evaluate once on the test split",
-        description="Retrain RUN_DIR's Pareto-optimal configurations (or the top K by validation "
-        "accuracy) with several seeds, in parallel through Ray, and evaluate each run once on the "
-        f"test split, which the search never read. Writes RUN_DIR/{CONFIRM_FILE} and adds test "
-        "accuracy mean ± std to the report.",
+        description="Retrain RUN_DIR's Pareto-optimal configurations (or the top K by the "
+        "ranking metric) with several seeds, in parallel through Ray, and evaluate each run once "
+        f"on the test split, which the search never read. Writes RUN_DIR/{CONFIRM_FILE} and adds "
+        "the test metric's mean ± std, per-label figures and confusion matrices to the report.",
     )
     con.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     con.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
@@ -153,11 +153,11 @@ def _parser() -> argparse.ArgumentParser:
         "results",
         help="print a run's trials as tables",
         description=f"Print RUN_DIR's trials (from {TRIALS_FILE}): a summary per method, then the "
-        "top trials by validation accuracy, or the Pareto front with --pareto.",
+        "top trials by the run's ranking metric, or the Pareto front with --pareto.",
     )
     res.add_argument("run_dir", help="a run folder (<storage>/<name>)")
     res.add_argument(
-        "--pareto", action="store_true", help="only the Pareto-optimal trials (params vs accuracy)"
+        "--pareto", action="store_true", help="only the Pareto-optimal trials (params vs metric)"
     )
     res.add_argument("--top", type=int, default=10, metavar="K", help="top K trials (default 10)")
 
@@ -227,7 +227,7 @@ def cmd_run(args) -> int:
             f"\n{c['trials']} trials: {c['finished']} finished, {c['stopped']} stopped early, "
             f"{c['errored']} errored"
         )
-        print("\nPareto front (trainable parameters vs validation accuracy):")
+        print(f"\nPareto front (trainable parameters vs {_label(res.trials)}):")
         print(pareto_table(res.trials).to_string(index=False))
     print(f"\nresults: {res.run.name_of(TRIALS_FILE)}, {res.run.name_of(CURVES_FILE)}")
     print(f"report:  {res.report}")
@@ -239,6 +239,13 @@ def cmd_run(args) -> int:
         )
         return 130
     return 0
+
+
+def _label(trials) -> str:
+    """The run's ranking metric in words: ``validation mcc``."""
+    from reports.figure_data import metric_label, ranking
+
+    return metric_label(ranking(trials)[0])
 
 
 def cmd_trial(args) -> int:
@@ -260,30 +267,33 @@ def cmd_trial(args) -> int:
     data = prepare_data(space, progress=not args.json, features=cache)
 
     rounds: list[dict[str, Any]] = []
+    metric = space.metric
 
     def on_eval(metrics: dict, get_state) -> None:
-        rounds.append({k: metrics[k] for k in ("step", "epoch", "val_loss", "val_accuracy")})
+        shown = ("val_loss", "val_accuracy", metric)
+        rounds.append({k: metrics[k] for k in ("step", "epoch", *shown) if k in metrics})
         if not args.json:
-            print(
-                f"epoch {metrics['epoch']:.2f}  train_loss {metrics['train_loss']:.4f}  "
-                f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}",
-                flush=True,
+            scores = "  ".join(
+                f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics
             )
+            print(f"epoch {metrics['epoch']:.2f}  train_loss {metrics['train_loss']:.4f}  {scores}")
 
     out = run_trial(flat, data.without("test"), space.model, on_eval, cpus=int(space.resources.cpu))
     result = {
         "config": flat,
         **out,
-        "val_accuracy_last": out["val_accuracy"],
-        "val_accuracy": out["best_val_accuracy"],
+        f"{metric}_last": out[metric],
+        metric: out["best_score"],  # the best round, as in the trials table
         "rounds": rounds,  # every evaluation, in order
     }
+    if "val_accuracy" in out and metric != "val_accuracy":
+        result.update(val_accuracy_last=out["val_accuracy"], val_accuracy=out["best_val_accuracy"])
     if args.json:
         print(json.dumps(result, default=str))
     else:
         print(
             f"{args.method}: trainable {result['trainable_params']:,} / {result['total_params']:,} "
-            f"({100 * result['trainable_fraction']:.3f}%), best val_accuracy {result['val_accuracy']:.4f}"
+            f"({100 * result['trainable_fraction']:.3f}%), best {metric} {result[metric]:.4f}"
         )
     return 0
 
@@ -309,7 +319,8 @@ def cmd_validate(args) -> int:
         f"({space.search.searcher}, objectives {space.objectives}), "
         f"max_t {space.max_t} evaluation rounds"
     )
-    print(f"  data: {data.meta['dataset']} ({sizes}; labels {data.label_names})")
+    labels = f"labels {data.label_names}" if data.task == "classification" else "regression"
+    print(f"  data: {data.meta['dataset']} ({sizes}; {labels}); ranking metric {space.metric}")
     if data.meta.get("dropped_rows"):
         print(f"  data: {dropped_text(data.meta)}")
     for method in space.methods:
@@ -366,8 +377,9 @@ def cmd_confirm(args) -> int:
         per_method=args.per_method,
     )
     s = confirm_summary(df)
+    name = str(df["metric"].iloc[0]).removeprefix("val_") if len(df) else "accuracy"
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print("\ntest accuracy over seeds (mean ± std) beside the search's validation accuracy:")
+        print(f"\ntest {name} over seeds (mean ± std) beside the search's validation {name}:")
         print(
             s.drop(columns=["knobs_json"]).round(4).to_string(index=False)
             if not s.empty
@@ -380,22 +392,23 @@ def cmd_confirm(args) -> int:
 def cmd_results(args) -> int:
     import pandas as pd
 
-    from reports.figure_data import method_summary, pareto_table
+    from reports.figure_data import method_summary, pareto_table, rank, ranking
     from search.results import load_results
 
     trials, _ = load_results(args.run_dir)
+    metric, _ = ranking(trials)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(f"{args.run_dir}: {len(trials)} trials\n")
+        print(f"{args.run_dir}: {len(trials)} trials, ranked by {metric}\n")
         print(method_summary(trials).to_string())
         if args.pareto:
-            print("\nPareto front (trainable parameters vs validation accuracy):")
+            print(f"\nPareto front (trainable parameters vs {_label(trials)}):")
             print(pareto_table(trials).to_string(index=False))
         else:
-            cols = ["trial_id", "method", "status", "val_accuracy", "trainable_params",
-                    "iterations", "wall_time_s", "knobs_json"]  # fmt: skip
-            top = trials.sort_values("val_accuracy", ascending=False).head(args.top)
-            print(f"\ntop {len(top)} by validation accuracy:")
-            print(top[cols].to_string(index=False))
+            cols = ["trial_id", "method", "status", *dict.fromkeys([metric, "val_accuracy"]),
+                    "trainable_params", "iterations", "wall_time_s", "knobs_json"]  # fmt: skip
+            top = rank(trials).head(args.top)
+            print(f"\ntop {len(top)} by {_label(trials)}:")
+            print(top[[c for c in cols if c in top]].to_string(index=False))
     return 0
 
 

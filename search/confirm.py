@@ -4,8 +4,11 @@ The search picks configurations on the validation split; a number worth
 quoting comes from retraining each chosen configuration with several seeds
 (head initialisation, data order) and evaluating each run once on the test
 split, which the search never saw. Runs go through Ray in parallel; the
-result is the run's confirm table (one row per configuration and seed), and the
-report shows test accuracy mean ± std beside the validation numbers.
+result is the run's confirm table (one row per configuration and seed: the test
+value of the ranking metric, accuracy and loss; for classification, precision,
+recall and F1 per label and the confusion matrix), and the report shows the
+test metric's mean ± std beside the validation numbers, and the per-label
+figures of the Pareto-optimal configurations.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ import pandas as pd
 import yaml
 
 from search.rundir import CONFIRM_FILE, SPACE_FILE, TRIALS_FILE
+
+# What a retraining run adds to its row (None for a failed run; test_accuracy and the
+# per-label figures for classification only).
+RESULT_COLUMNS = (
+    "test_metric", "test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
+    "trainable_params", "total_params", "test_step", "test_evaluations", "val_rounds_json",
+    "test_per_class_json", "test_confusion_json", "wall_time_s",
+)  # fmt: skip
 
 
 def choose(trials: pd.DataFrame, top: int | None, per_method: bool = False) -> pd.DataFrame:
@@ -49,10 +60,16 @@ def _one(
     out = run_trial(flat, data, model_name, on_eval, cpus=cpus, test=True, metric=metric, mode=mode)
     keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
             "total_params", "test_step", "test_evaluations")  # fmt: skip
+    per_class, confusion = out.get("test_per_class"), out.get("test_confusion")
     return {
-        **{k: out[k] for k in keep},
+        **{k: out.get(k) for k in keep},
+        "test_metric": out[f"test_{metric.removeprefix('val_')}"],
         "best_val_metric": out["best_score"],
         "val_rounds_json": json.dumps(rounds),
+        # Classification: per label (in label order) precision, recall, F1, support; and the
+        # confusion matrix (rows: true label, columns: predicted).
+        "test_per_class_json": json.dumps(per_class) if per_class else None,
+        "test_confusion_json": json.dumps(confusion) if confusion else None,
         "wall_time_s": time.perf_counter() - started,
     }
 
@@ -102,12 +119,12 @@ def confirm(
     init_ray(address)
     rows = _retrain(space, data, chosen, configs, seeds, quiet)
     df = pd.DataFrame(rows)
-    for col in ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
-                "trainable_params", "total_params", "test_step", "test_evaluations",
-                "val_rounds_json", "wall_time_s"):  # fmt: skip
+    for col in RESULT_COLUMNS:
         if col not in df:
             df[col] = None
     df["run_name"] = run.name
+    df["task"] = data.task
+    df["label_names"] = json.dumps(list(data.label_names))
     df["model"] = space.model
     df["dataset"] = space.dataset.describe()
     df["n_test"] = len(data.splits["test"])
@@ -147,7 +164,7 @@ def _retrain(space, data, chosen: pd.DataFrame, configs: list[dict], seeds: int,
             "seed": space.seed + i,
             "metric": space.metric,
             "val_metric_search": row[space.metric],
-            "val_accuracy_search": row["val_accuracy"],
+            "val_accuracy_search": row.get("val_accuracy"),
             "knobs_json": row["knobs_json"],
             "config_json": row["config_json"],
         }
@@ -157,8 +174,9 @@ def _retrain(space, data, chosen: pd.DataFrame, configs: list[dict], seeds: int,
             rows.append({**base, "status": "error", "error": f"{type(e).__name__}: {e}"[-500:]})
         if not quiet:
             last = rows[-1]
-            acc = last.get("test_accuracy")
-            shown = f"test accuracy {acc:.4f}" if acc is not None else f"FAILED: {last['error']}"
+            value = last.get("test_metric")
+            name = space.metric.removeprefix("val_")
+            shown = f"test {name} {value:.4f}" if value is not None else f"FAILED: {last['error']}"
             print(
                 f"[{time.time() - started:6.0f}s] {row['trial_id']} {row['method']:<13} "
                 f"seed {space.seed + i}: {shown}",

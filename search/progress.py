@@ -23,8 +23,8 @@ def _last_error_line(trial) -> str:
 class ProgressPrinter(Callback):
     """Prints each trial's evaluations, how it ended, and the best so far per method."""
 
-    def __init__(self, metric: str = "val_accuracy") -> None:
-        self.metric = metric
+    def __init__(self, metric: str = "val_accuracy", mode: str = "max") -> None:
+        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0  # the ranking metric
         self.started = time.time()
         self.best: dict[str, float] = {}
         self.counts = {"finished": 0, "stopped": 0, "errored": 0}
@@ -37,7 +37,9 @@ class ProgressPrinter(Callback):
         value = result.get(self.metric)
         if value is None:
             return
-        self.best[method] = max(self.best.get(method, float("-inf")), value)
+        best = self.best.get(method)
+        if best is None or self.sign * value > self.sign * best:
+            self.best[method] = value
         self._line(
             f"{trial.trial_id} {method:<13} round {result['training_iteration']}/"
             f"{result.get('planned_iterations', '?')}  {self.metric} {value:.4f}"
@@ -68,10 +70,10 @@ class ProgressPrinter(Callback):
     def _summary(self, trials) -> str:
         running = sum(t.status == "RUNNING" for t in trials)
         best = ", ".join(
-            f"{m} {v:.3f}" for m, v in sorted(self.best.items(), key=lambda kv: -kv[1])
+            f"{m} {v:.3f}" for m, v in sorted(self.best.items(), key=lambda kv: -self.sign * kv[1])
         )
         c = self.counts
         return (
             f"running {running}, finished {c['finished']}, stopped {c['stopped']}, "
-            f"errored {c['errored']}; best: {best}"
+            f"errored {c['errored']}; best {self.metric}: {best}"
         )

@@ -24,6 +24,8 @@ from trainables.methods import METHODS
 from trainables.trial import flat_config
 
 CURVE_COLUMNS = ["train_loss", "val_loss", "val_accuracy", "epoch", "step", "time_s"]
+# Columns of every validation metric a trial reports: the best round (in its mode), the last.
+BASE_METRICS = (("val_accuracy", "max"), ("val_loss", "min"))
 KNOB_COLUMNS = sorted({k.name for m in METHODS.values() for k in m.knobs})
 # Knobs on a log scale: recorded in the trials table's metadata (DataFrame.attrs), which the
 # report reads (reports/ does not import trainables).
@@ -128,10 +130,7 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             "trainable_params": last.get("trainable_params"),
             "total_params": last.get("total_params"),
             "trainable_fraction": last.get("trainable_fraction"),
-            "val_accuracy": float(df["val_accuracy"].max()) if has_rows else None,
-            "val_accuracy_last": float(df["val_accuracy"].iloc[-1]) if has_rows else None,
-            "val_loss": float(df["val_loss"].min()) if has_rows else None,
-            "val_loss_last": float(df["val_loss"].iloc[-1]) if has_rows else None,
+            **metric_values(df if has_rows else None, metric, mode),
             "best_iteration": int(df["training_iteration"][best]) if has_rows else None,
             "iterations": iterations,
             "planned_iterations": planned,
@@ -163,11 +162,28 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
                         "iteration": int(r["training_iteration"]),
                         **{
                             c: (float(r[c]) if c in r and pd.notna(r[c]) else None)
-                            for c in CURVE_COLUMNS
+                            for c in curve_columns(metric)
                         },
                     }
                 )
     return trials, curves
+
+
+def metric_values(df: pd.DataFrame | None, metric: str, mode: str) -> dict[str, float | None]:
+    """``val_<m>`` (the best round, in its mode) and ``val_<m>_last`` for the ranking metric,
+    validation accuracy (classification) and loss; None where a trial did not report it."""
+    out: dict[str, float | None] = {}
+    for name, how in (*BASE_METRICS, (metric, mode)):
+        values = df[name].dropna() if df is not None and name in df else None
+        ok = values is not None and len(values) > 0
+        out[name] = float(values.max() if how == "max" else values.min()) if ok else None
+        out[f"{name}_last"] = float(values.iloc[-1]) if ok else None
+    return out
+
+
+def curve_columns(metric: str) -> list[str]:
+    """The curves table's metric columns: the ranking metric's too."""
+    return CURVE_COLUMNS + ([metric] if metric not in CURVE_COLUMNS else [])
 
 
 def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
@@ -188,8 +204,11 @@ def collect(
 ) -> RunResults:
     """Build both tables from a run folder, write them and the report."""
     trials, curves = trial_rows(run, space, live_trials)
-    trials_df = pd.DataFrame(trials, columns=_trial_columns())
-    curves_df = pd.DataFrame(curves, columns=["trial_id", "method", "iteration", *CURVE_COLUMNS])
+    metric = space.metric if space is not None else DEFAULT_RANKING[0]
+    trials_df = pd.DataFrame(trials, columns=_trial_columns(metric))
+    curves_df = pd.DataFrame(
+        curves, columns=["trial_id", "method", "iteration", *curve_columns(metric)]
+    )
     meta = _run_meta(run, space, data)
     meta["run_wall_time_s"] = None if wall_time_s is None else round(wall_time_s, 1)
     # Provenance on every row of both tables: each reads on its own (pandas, DuckDB).
@@ -208,10 +227,11 @@ def collect(
     return result
 
 
-def _trial_columns() -> list[str]:
+def _trial_columns(metric: str) -> list[str]:
+    ranked = [metric, f"{metric}_last"] if metric not in dict(BASE_METRICS) else []
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
-        "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", "best_iteration",
+        "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", *ranked, "best_iteration",
         "iterations", "planned_iterations",
         "stopped_early", "wall_time_s", "feature_cache", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
@@ -228,6 +248,10 @@ def _run_meta(run: RunDir, space, data) -> dict[str, Any]:
         meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})
         meta["max_length"] = data.meta.get("max_length")
         meta["label_names"] = json.dumps(data.meta.get("label_names"))
+        meta["task"] = data.meta.get("task")
+        positive = getattr(getattr(data, "scoring", None), "positive", None)
+        # f1's positive label, as used (experiment.positive_label or the default).
+        meta["positive_label"] = None if positive is None else str(data.label_names[positive])
     meta["versions"] = json.dumps(versions())
     meta["git_commit"] = git_commit()
     return meta
