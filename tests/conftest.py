@@ -22,7 +22,10 @@ FILLER = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "on", "for", "
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 32, 2, 2, 64
 DEBERTA_BUCKETS, DEBERTA_CONV, DEBERTA_EMBEDDING = 4, 3, 16  # relative buckets, conv kernel, E
 MODERNBERT_WINDOW = 4  # local attention: 2 tokens each side
-ARCHS = ("bert", "roberta", "distilbert", "deberta-v2", "modernbert")
+MPNET_BUCKETS, ALBERT_EMBEDDING = 32, 16  # MPNet: its code assumes 32 buckets; ALBERT: E
+ARCHS = ("bert", "roberta", "distilbert", "deberta-v2", "modernbert", "mpnet", "albert")
+# Architectures whose attention does not go through transformers' attention interface.
+NO_PREFIX = ("deberta-v2", "mpnet")
 
 
 def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -132,6 +135,35 @@ def build_tiny(arch: str, out: Path) -> Path:
             mlp_dropout=0.1,
             classifier_dropout=0.1,
             **ids,
+            **common,
+        )
+    elif arch == "mpnet":
+        from transformers import MPNetConfig
+
+        cfg = MPNetConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=INTERMEDIATE,
+            relative_attention_num_buckets=MPNET_BUCKETS,
+            **common,
+        )
+    elif arch == "albert":
+        from transformers import AlbertConfig
+
+        # One layer shared by every depth (ALBERT's parameter sharing), an embedding
+        # projection (E != H), dropout everywhere (ALBERT's default is none).
+        cfg = AlbertConfig(
+            embedding_size=ALBERT_EMBEDDING,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=INTERMEDIATE,
+            num_hidden_groups=1,
+            inner_group_num=1,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+            classifier_dropout_prob=0.1,
             **common,
         )
     else:

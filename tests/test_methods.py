@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, DEBERTA_BUCKETS, DEBERTA_CONV, DEBERTA_EMBEDDING
+from conftest import (
+    ALBERT_EMBEDDING,
+    ARCHS,
+    DEBERTA_BUCKETS,
+    DEBERTA_CONV,
+    DEBERTA_EMBEDDING,
+    MPNET_BUCKETS,
+    NO_PREFIX,
+)
+from conftest import HEADS as HEADS_
 from conftest import HIDDEN as H
 from conftest import INTERMEDIATE as I_
 from conftest import LAYERS as L
@@ -31,20 +40,26 @@ MODERN_LAYER = 3 * H * H + H * H + H + 2 * I_ * H + I_ * H
 E = DEBERTA_EMBEDDING  # DeBERTa's embedding width (projected to H)
 DEBERTA_REL = 2 * DEBERTA_BUCKETS * H + 2 * H  # relative embeddings + their LayerNorm
 DEBERTA_CONV_PARAMS = DEBERTA_CONV * H * H + H + 2 * H  # Conv1d + its LayerNorm (after layer 0)
+EA = ALBERT_EMBEDDING  # ALBERT's embedding width, projected to H in its encoder
+
+
+def nl(arch: str) -> int:
+    """Distinct layers: ALBERT's one layer runs at every depth."""
+    return 1 if arch == "albert" else L
 
 
 def head(arch: str) -> int:
-    if arch == "bert":
+    if arch in ("bert", "albert"):  # classifier on the base model's pooler
         return H * C + C
     if arch == "modernbert":  # head.dense (no bias) + head.norm (no bias) + classifier
         return H * H + H + H * C + C
-    # roberta: dense + out_proj; distilbert: pre_classifier + classifier; deberta: context pooler + classifier
+    # roberta, mpnet: dense + out_proj; distilbert: pre_classifier + classifier; deberta: context pooler + classifier
     return (H * H + H) + (H * C + C)
 
 
 def above_layers(arch: str) -> int:
     """Base-model parameters above the layers: BERT's pooler, ModernBERT's final norm."""
-    return {"bert": H * H + H, "modernbert": H}.get(arch, 0)
+    return {"bert": H * H + H, "albert": H * H + H, "modernbert": H}.get(arch, 0)
 
 
 def layers(arch: str, n: int, first: int = 0) -> int:
@@ -55,13 +70,23 @@ def layers(arch: str, n: int, first: int = 0) -> int:
 
 def between_layers(arch: str) -> int:
     """Base-model parameters outside the layers that the layers use: DeBERTa's relative
-    embeddings (+ norm) and its convolution."""
-    return DEBERTA_REL + DEBERTA_CONV_PARAMS if arch == "deberta-v2" else 0
+    embeddings (+ norm) and its convolution, MPNet's relative-position bias, ALBERT's
+    projection E -> H."""
+    return {
+        "deberta-v2": DEBERTA_REL + DEBERTA_CONV_PARAMS,
+        "mpnet": MPNET_BUCKETS * HEADS_,
+        "albert": EA * H + H,
+    }.get(arch, 0)
+
+
+def before_layers(arch: str) -> int:
+    """Of those, what runs before layer 0 (frozen by every freeze): all but DeBERTa's conv."""
+    return between_layers(arch) - (DEBERTA_CONV_PARAMS if arch == "deberta-v2" else 0)
 
 
 def token_dim(arch: str) -> int:
     """Width of the input embeddings (what a soft prompt is made of)."""
-    return E if arch == "deberta-v2" else H
+    return {"deberta-v2": E, "albert": EA}.get(arch, H)
 
 
 def embeddings(arch: str, vocab: int) -> int:
@@ -71,13 +96,15 @@ def embeddings(arch: str, vocab: int) -> int:
         "distilbert": vocab * H + POS * H + 2 * H,
         "deberta-v2": vocab * E + POS * E + E * H + 2 * H,  # + projection E -> H (no bias)
         "modernbert": vocab * H + H,  # rotary positions; norm without bias
+        "mpnet": vocab * H + POS * H + 2 * H,  # no token types
+        "albert": vocab * EA + POS * EA + 2 * EA + 2 * EA,
     }[arch]
 
 
 def full(arch: str, vocab: int) -> int:
     return (
         embeddings(arch, vocab)
-        + layers(arch, L)
+        + layers(arch, nl(arch))
         + between_layers(arch)
         + above_layers(arch)
         + head(arch)
@@ -88,12 +115,14 @@ def freeze(arch: str, k: int) -> int:
     # Only layers k.. and what runs after them train: DeBERTa's relative embeddings feed every
     # layer (frozen), its convolution runs after layer 0 (trains only when k = 0).
     conv = DEBERTA_CONV_PARAMS if arch == "deberta-v2" and k == 0 else 0
-    return layers(arch, L - k, first=k) + conv + above_layers(arch) + head(arch)
+    return layers(arch, nl(arch) - k, first=k) + conv + above_layers(arch) + head(arch)
 
 
 def bitfit(arch: str) -> int:
     # embedding LayerNorm + per layer q, k, v, out, 2 LayerNorms, FFN out (7H) and FFN in (I)
-    pooler = H if arch == "bert" else 0
+    pooler = H if arch in ("bert", "albert") else 0
+    if arch == "albert":  # embedding LayerNorm of width E, the projection's bias, one layer
+        return EA + H + (7 * H + I_) + pooler + head(arch)
     # DeBERTa: positional key and query projections per layer; relative-embedding norm, conv, conv norm
     extra = L * 2 * H + 3 * H if arch == "deberta-v2" else 0
     return H + L * (7 * H + I_) + pooler + extra + head(arch)
@@ -103,12 +132,12 @@ def layer_norms(arch: str) -> int:
     """The LayerNorms inside the encoder layers (ModernBERT: no bias, none before layer 0's attention)."""
     if arch == "modernbert":
         return L * H + (L - 1) * H
-    return L * 2 * 2 * H
+    return nl(arch) * 2 * 2 * H
 
 
 def adapter(arch: str, m: int, variant: str, norms: bool = False) -> int:
     per_layer = {"houlsby": 2, "pfeiffer": 1}
-    n = 1 if variant == "top" else L * per_layer[variant]
+    n = 1 if variant == "top" else nl(arch) * per_layer[variant]
     return n * (2 * H * m + m + H) + (layer_norms(arch) if norms else 0) + head(arch)
 
 
@@ -118,15 +147,15 @@ def lora(arch: str, r: int, targets: str) -> int:
             return L * r * (H + 3 * H) + head(arch)
         return L * (r * (H + 3 * H) + r * (H + H) + r * (H + 2 * I_) + r * (I_ + H)) + head(arch)
     if targets == "query_value":
-        return L * 2 * r * (H + H) + head(arch)
+        return nl(arch) * 2 * r * (H + H) + head(arch)
     # q, k, v, attention output (H -> H), then H -> I and I -> H
-    return L * (4 * r * (H + H) + r * (H + I_) + r * (I_ + H)) + head(arch)
+    return nl(arch) * (4 * r * (H + H) + r * (H + I_) + r * (I_ + H)) + head(arch)
 
 
 def ia3(arch: str, targets: str) -> int:
     kv = 3 * H if arch == "modernbert" else 2 * H  # key and value outputs (ModernBERT: fused Wqkv)
     ffn = I_ if targets == "kv_ffn" else 0  # the FFN output projection's input
-    return L * (kv + ffn) + head(arch)
+    return nl(arch) * (kv + ffn) + head(arch)
 
 
 def prompt_tuning(arch: str, n: int) -> int:
@@ -144,9 +173,10 @@ def p_tuning(arch: str, n: int, e: int, encoder: str) -> int:
 
 
 def prefix(arch: str, n: int, p: int | None) -> int:
+    n_ = nl(arch)
     if p is None:
-        return n * L * 2 * H + head(arch)
-    return n * H + (H * p + p) + (p * L * 2 * H + L * 2 * H) + head(arch)
+        return n * n_ * 2 * H + head(arch)
+    return n * H + (H * p + p) + (p * n_ * 2 * H + n_ * 2 * H) + head(arch)
 
 
 # (method, knobs, formula(arch, vocab), architectures it cannot apply to)
@@ -155,7 +185,8 @@ CASES = [
     ("linear_probe", {}, lambda a, v: H * C + C, ()),  # one linear layer, on every architecture
     ("head_only", {}, lambda a, v: head(a), ()),
     ("freeze", {"freeze_layers": 1}, lambda a, v: freeze(a, 1), ()),
-    ("freeze", {"freeze_layers": L}, lambda a, v: freeze(a, L), ()),
+    # ALBERT has one (shared) layer: freezing two is refused.
+    ("freeze", {"freeze_layers": L}, lambda a, v: freeze(a, L), ("albert",)),
     ("bitfit", {}, lambda a, v: bitfit(a), ("modernbert",)),  # ModernBERT has no biases
     ("adapter", {"adapter_size": 4}, lambda a, v: adapter(a, 4, "pfeiffer"), ()),
     (  # adapter_train_layernorm auto: on for houlsby
@@ -170,11 +201,11 @@ CASES = [
         lambda a, v: adapter(a, 4, "pfeiffer", norms=True),
         (),
     ),
-    (
+    (  # ALBERT's last layer runs at every depth: a top adapter is refused there.
         "adapter",
         {"adapter_size": 8, "adapter_placement": "top"},
         lambda a, v: adapter(a, 8, "top"),
-        (),
+        ("albert",),
     ),
     ("lora", {"lora_rank": 2}, lambda a, v: lora(a, 2, "query_value"), ()),
     (
@@ -204,13 +235,13 @@ CASES = [
         lambda a, v: p_tuning(a, 4, 8, "lstm"),
         (),
     ),
-    # DeBERTa-v2 computes attention in-house: no attention interface to route prefixes through.
-    ("prefix", {"prefix_length": 4}, lambda a, v: prefix(a, 4, None), ("deberta-v2",)),
+    # DeBERTa-v2 and MPNet compute attention in-house: no attention interface to route prefixes through.
+    ("prefix", {"prefix_length": 4}, lambda a, v: prefix(a, 4, None), NO_PREFIX),
     (
         "prefix",
         {"prefix_length": 4, "prefix_projection": True, "prefix_hidden": 16},
         lambda a, v: prefix(a, 4, 16),
-        ("deberta-v2",),
+        NO_PREFIX,
     ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
@@ -291,9 +322,7 @@ def test_counts_of_knob_variants(arch, tiny_models, datasets):
     path, data = str(tiny_models[arch]), datasets[arch]
     vocab = len(load_tokenizer(path))
     # freeze 0: everything but the embeddings and what feeds every layer (DeBERTa's conv trains).
-    expected = (
-        full(arch, vocab) - embeddings(arch, vocab) - (DEBERTA_REL if arch == "deberta-v2" else 0)
-    )
+    expected = full(arch, vocab) - embeddings(arch, vocab) - before_layers(arch)
     assert (
         count_parameters(build_model(path, data, "freeze", {"freeze_layers": 0}, 0))[0] == expected
     )
@@ -311,7 +340,7 @@ def test_freeze_applies_on_the_meta_device(arch, tiny_models):
 
     config = load_config(str(tiny_models[arch]))
     config.num_labels = C
-    for k in (0, 1, L):
+    for k in range(nl(arch) + 1):
         with torch.device("meta"):
             meta = AutoModelForSequenceClassification.from_config(config)
         meta = apply_method(meta, "freeze", {"freeze_layers": k})
@@ -360,7 +389,7 @@ def test_pair_tasks_train_on_every_architecture(arch, tiny_models, tmp_path):
     pair = np.array([int(np.argmax(val.labels == k)) for k in (0, 1)])
     assert val.labels[pair[0]] != val.labels[pair[1]]
     assert list(val.input_ids[pair[0]][:5]) == list(val.input_ids[pair[1]][:5])  # same first text
-    methods = ["full", "prompt_tuning"] + ([] if arch == "deberta-v2" else ["prefix"])
+    methods = ["full", "prompt_tuning"] + ([] if arch in NO_PREFIX else ["prefix"])
     for method in methods:
         model = build_model(str(tiny_models[arch]), data, method, {}, seed=0)
         fitted = fit_data(model, data)
@@ -373,7 +402,7 @@ def test_pair_tasks_train_on_every_architecture(arch, tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("pairs", [False, True], ids=["single", "pair"])
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "deberta-v2"])  # prefix applies
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX])  # prefix applies
 def test_prefix_logits_do_not_depend_on_the_padding_around_them(arch, pairs, tiny_models, datasets):
     """An example alone and in a batch padded to a much longer example: the same logits."""
     from trainables.trial import accepts_token_types

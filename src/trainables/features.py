@@ -2,82 +2,135 @@
 
 Methods that train only above a frozen encoder - ``linear_probe``,
 ``head_only``, ``adapter`` with placement ``top``, ``freeze`` with every layer
-frozen - see the encoder only through the vector its head reads: the last
-layer's first token (the head of BERT-, RoBERTa-, DistilBERT- and
-DeBERTa-style models reads token 0; a top adapter is position-wise) or, for
-ModernBERT, its pooled final-normed states. So the driver computes those
-vectors once per search and split, and such a trial trains
-:class:`FeatureHead`, which runs the model's own top modules on them. The
-parameters are the model's own: counts, checkpoints and exports are the same
-as without the cache. Without the cache the frozen encoder runs in eval mode
-while training too (:func:`trainables.model.train_mode`), as the cache
-computed it: both paths train the same function.
+frozen - see the encoder only through the vector its head reads
+(:func:`trainables.methods._arch.head_vector`). So the driver computes those
+vectors once per search and split (:func:`cache_plan` says which), and such a
+trial trains :class:`FeatureHead`: the model's own forward, with the base
+encoder replaced by the cached vector (:func:`tail_logits`). The parameters
+are the model's own: counts, checkpoints and exports are the same as without
+the cache. Without the cache the frozen encoder runs in eval mode while
+training too (:func:`trainables.model.train_mode`), as the cache computed it:
+both paths train the same function.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from trainables.data import Encoded, PreparedData
 from trainables.loop import collate
-from trainables.methods._arch import encoder_layers
+from trainables.methods._arch import head_vector, last_layer, pick_vector
 from trainables.methods._base import HEAD, LAST_LAYER
 
-# Architectures whose head reads the last layer's token 0 with nothing trainable in between
-# but their own pooler.
-TOKEN_ZERO_ARCHS = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
-# ModernBERT's head reads the final norm's output, pooled (cls or mean): the cache holds that
-# vector, so only methods that freeze the final norm (linear_probe, head_only) use it.
-CACHEABLE_ARCHS = (*TOKEN_ZERO_ARCHS, "modernbert")
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What the cache holds for an architecture, and which frozen depths it serves.
+
+    ``vector``: ``first``, ``mean`` or ``last`` (the final hidden states reduced
+    so) or ``pooler`` (the base model's pooler output). ``pooler_on_top``: the
+    cache holds token 0 and the (sequence) pooler runs on it, so a trainable
+    pooler is served too (BERT). ``last_layer``: why configurations frozen up
+    to the last layer's output (a top adapter, every layer frozen) cannot use
+    it, or None when they can.
+    """
+
+    vector: str
+    pooler_on_top: bool
+    last_layer: str | None
+
+
+def _plan_of(model: nn.Module) -> CachePlan:
+    from trainables.methods._arch import base_blocks, layer_modules, run_order
+
+    reads = head_vector(model)
+    base = getattr(model, model.base_model_prefix)
+    pooler = getattr(base, "pooler", None) if reads == "pooler" else None
+    # A pooler that takes the hidden states (BERT's) can run on the cached token 0.
+    on_top = pooler is not None and "hidden_states" in inspect.signature(pooler.forward).parameters
+    vector = "first" if on_top else reads
+    why = None
+    if vector != "first":
+        why = f"its head reads the {reads} vector, which a top module would change"
+    else:
+        order = run_order(model)
+        end = max(order[m][1] for m in layer_modules(model)[-1] if m in order)
+        after = [
+            b
+            for b, i in base_blocks(model)
+            if i is None and b is not pooler and b in order and order[b][0] > end
+            and any(True for _ in b.parameters())
+        ]  # fmt: skip
+        if after:
+            why = f"{type(after[0]).__name__} runs between the last layer and the head"
+    return CachePlan(vector, on_top, why)
+
+
+_PLANS: dict[str, CachePlan] = {}
+
+
+def cache_plan(config) -> CachePlan:
+    """The :class:`CachePlan` of ``config``'s architecture (found once, on a weightless model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    key = config.to_json_string(use_diff=False)
+    if key not in _PLANS:
+        with torch.device("meta"):
+            _PLANS[key] = _plan_of(AutoModelForSequenceClassification.from_config(config))
+    return _PLANS[key]
+
+
+def cache_problem(method: str, knobs: dict[str, Any], config) -> str | None:
+    """Why this configuration cannot use the cache, or None when it can (or needs none)."""
+    from trainables.methods import get_method
+
+    frozen = get_method(method).frozen(knobs, config)
+    if frozen == LAST_LAYER:
+        return cache_plan(config).last_layer
+    return None if frozen == HEAD else "it trains inside the encoder"
 
 
 def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
     """Whether this configuration trains only above the frozen encoder (the method says how far
     up it is frozen, :attr:`trainables.methods.Method.frozen`; the architecture what its head reads)."""
-    from trainables.methods import get_method
-
-    frozen = get_method(method).frozen(knobs, config)
-    if frozen == HEAD:
-        return config.model_type in CACHEABLE_ARCHS
-    if frozen == LAST_LAYER:
-        return config.model_type in TOKEN_ZERO_ARCHS
-    return False
+    return cache_problem(method, knobs, config) is None
 
 
-def head_input(
-    model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """The vector cached per example: from the base model's last hidden states, what the head reads."""
-    config = model.config
-    if config.model_type == "modernbert" and config.classifier_pooling == "mean":
-        if attention_mask is None:  # no padding in the batch
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
-    return hidden[:, 0]
+class _Cached(nn.Module):
+    """Stands in for the base model: returns the cached vector as its output."""
+
+    def __init__(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> None:
+        super().__init__()
+        self.hidden, self.pooled = hidden, pooled
+
+    def forward(self, *args, **kwargs) -> BaseModelOutputWithPooling:
+        return BaseModelOutputWithPooling(last_hidden_state=self.hidden, pooler_output=self.pooled)
 
 
 def tail_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The model's own modules from the cached vector to the logits (what its forward runs)."""
-    kind = model.config.model_type
-    if kind == "bert":
-        return model.classifier(model.dropout(model.bert.pooler(h[:, None])))
-    if kind == "distilbert":
-        if hasattr(model, "pre_classifier"):  # linear_probe removes it (and the ReLU)
-            h = nn.functional.relu(model.pre_classifier(h))
-        return model.classifier(model.dropout(h))
-    if kind == "deberta-v2":
-        return model.classifier(model.dropout(model.pooler(h[:, None])))
-    if kind == "modernbert":
-        return model.classifier(model.drop(model.head(h)))
-    return model.classifier(h[:, None])  # RoBERTa-style heads read features[:, 0]
+    """The model's own forward from the cached vector to the logits.
+
+    The base model is swapped for one that returns ``h`` as a one-token
+    sequence (a first, mean or last token of one token is that token) and as
+    the pooler output; the model's head code runs as it does on full inputs.
+    """
+    plan = cache_plan(model.config)
+    prefix = model.base_model_prefix
+    base = model._modules[prefix]
+    pooled = base.pooler(h[:, None]) if plan.pooler_on_top else h
+    model._modules[prefix] = _Cached(h[:, None], pooled)
+    try:
+        ones = torch.ones(h.shape[0], 1, dtype=torch.long, device=h.device)
+        return model(input_ids=ones, attention_mask=ones).logits
+    finally:
+        model._modules[prefix] = base
 
 
 class FeatureHead(nn.Module):
@@ -86,7 +139,7 @@ class FeatureHead(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.adapter = getattr(encoder_layers(model)[-1], "top_adapter", None)
+        self.adapter = getattr(last_layer(model), "top_adapter", None)
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor | None = None
@@ -103,9 +156,10 @@ class FeatureHead(nn.Module):
 def encode_features(
     model: nn.Module, split: Encoded, pad_id: int, batch_size: int = 64, bar=None
 ) -> np.ndarray:
-    """The vectors the head reads (see :func:`head_input`) from the frozen, pretrained encoder."""
+    """The vectors the cache holds (:class:`CachePlan`) from the frozen, pretrained encoder."""
     base = getattr(model, model.base_model_prefix).eval()
     device = next(base.parameters()).device
+    plan = cache_plan(model.config)
     plain = replace(split, features=None)  # collate pads token ids, not features
     out = np.empty((len(split), model.config.hidden_size), dtype=np.float32)
     takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters and (
@@ -118,8 +172,9 @@ def encode_features(
         inputs.pop("labels")
         if not takes_token_types:  # as the uncached trial does (trial.fit_data)
             inputs.pop("token_type_ids", None)
-        hidden = base(**inputs).last_hidden_state
-        out[idx] = head_input(model, hidden, inputs.get("attention_mask")).float().cpu().numpy()
+        output = base(**inputs, return_dict=True)
+        vector = pick_vector(plan.vector, output, inputs.get("attention_mask"))
+        out[idx] = vector.float().cpu().numpy()
         if bar is not None:
             bar.update(len(idx))
     return out

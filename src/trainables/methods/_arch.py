@@ -1,123 +1,276 @@
-"""Where things are in each encoder architecture: one table all methods share.
+"""Where things are in an encoder, discovered from the model itself; one owner all methods share.
 
-Module paths are relative to one encoder layer (``...layer.N.`` or
-``...layers.N.``); :func:`layer_regex` anchors them inside the base model so
-the pooler and the head are never matched.
+:func:`roles` finds the encoder's layers and, in each, the attention
+projections (query / key / value, separate or fused), the attention output,
+the feed-forward in and out projections. It reads module structure and
+shapes, not a table of model types:
+
+* layers: the base model's lists of modules that hold linear layers. Lists
+  that are elements of a list run one after another (Funnel's blocks); lists
+  of one length that are attributes of one parent are zipped into one layer
+  (XLM's ``attentions[i]``, ``ffns[i]``, ``layer_norm1[i]``, ...). A layer
+  module reused across depths (ALBERT) is one layer: what it holds exists once.
+* attention projections: linear layers under a module named ``*att*`` with
+  the usual leaf names (``query``/``q``/``q_proj``/``q_lin``/``q_head``/...,
+  fused ``qkv``/``Wqkv``/``in_proj``/``query_key_value``); the attention
+  output is the one other projection there that reads the values' width.
+* feed-forward: outside attention, the widest expanding projection(s)
+  (``I``; two for gated blocks) and the projection(s) back from ``I`` (or
+  ``I / 2`` when gate and up are fused, ModernBERT's ``Wi``).
+
+:data:`OVERRIDES` corrects what discovery gets wrong for a model type.
+:func:`attention_callers` finds the modules that call transformers' attention
+interface (what prefix tuning needs), by running the model once.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
+# Leaf names of attention projections (lower case).
+QUERY = {"query", "q", "q_proj", "q_lin", "q_head", "query_proj", "wq"}
+KEY = {"key", "k", "k_proj", "k_lin", "k_head", "key_proj", "wk"}
+VALUE = {"value", "v", "v_proj", "v_lin", "v_head", "value_proj", "wv"}
+FUSED_QKV = {"qkv", "wqkv", "in_proj", "query_key_value", "qkv_proj", "c_attn"}
+ATTN_OUT = {"dense", "o", "o_proj", "out_proj", "out_lin", "post_proj", "wo", "out", "output"}
+ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 
-@dataclass(frozen=True)
-class Arch:
-    """Names of one layer's projections (regex fragments, relative to the layer)."""
-
-    query: str
-    key: str
-    value: str
-    attn_out: str
-    ffn_in: str
-    ffn_out: str
-    # The module that calls transformers' attention interface; None: attention is computed in-house.
-    attn_module: str | None = None
-
-
-_BERT = Arch(
-    query=r"attention\.self\.query",
-    key=r"attention\.self\.key",
-    value=r"attention\.self\.value",
-    attn_out=r"attention\.output\.dense",
-    ffn_in=r"intermediate\.dense",
-    ffn_out=r"output\.dense",
-    attn_module=r"attention\.self",
-)
-ARCHS: dict[str, Arch] = {
-    "bert": _BERT,
-    "roberta": _BERT,
-    "xlm-roberta": _BERT,
-    "electra": _BERT,
-    "deberta-v2": Arch(
-        query=r"attention\.self\.query_proj",
-        key=r"attention\.self\.key_proj",
-        value=r"attention\.self\.value_proj",
-        attn_out=r"attention\.output\.dense",
-        ffn_in=r"intermediate\.dense",
-        ffn_out=r"output\.dense",
-    ),
-    "distilbert": Arch(
-        query=r"attention\.q_lin",
-        key=r"attention\.k_lin",
-        value=r"attention\.v_lin",
-        attn_out=r"attention\.out_lin",
-        ffn_in=r"ffn\.lin1",
-        ffn_out=r"ffn\.lin2",
-        attn_module=r"attention",
-    ),
-    # ModernBERT fuses query, key and value (Wqkv) and gate + up (Wi).
-    "modernbert": Arch(
-        query=r"attn\.Wqkv",
-        key=r"attn\.Wqkv",
-        value=r"attn\.Wqkv",
-        attn_out=r"attn\.Wo",
-        ffn_in=r"mlp\.Wi",
-        ffn_out=r"mlp\.Wo",
-        attn_module=r"attn",
-    ),
+# Per model type: role -> regex of module paths relative to a layer, where discovery needs help.
+OVERRIDES: dict[str, dict[str, str]] = {
+    # MobileBERT's layers hold bottlenecks and extra feed-forward stacks beside the main one.
+    "mobilebert": {"ffn_in": r"intermediate\.dense", "ffn_out": r"output\.dense"},
 }
 
 
-def arch_of(model: nn.Module, method: str) -> Arch:
-    """The table row of ``model``'s architecture; a clear error if it has none."""
-    model_type = model.config.model_type
-    if model_type not in ARCHS:
-        raise ValueError(
-            f"{method}: architecture {model_type!r} is not supported; supported: {sorted(ARCHS)}"
+@dataclass(frozen=True)
+class Layer:
+    """One encoder layer: its root modules' names and, per role, its projections' full names."""
+
+    index: int
+    roots: tuple[str, ...]
+    found: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    problem: str | None = None  # why a role is missing or ambiguous
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The encoder's layers (bottom to top) and where each role is in them."""
+
+    model_type: str
+    layers: tuple[Layer, ...]
+
+    def names(self, *roles: str) -> list[str]:
+        """Full module names of ``roles`` in every layer; a ValueError naming what is missing."""
+        problem = next((x.problem for x in self.layers if x.problem), None)
+        if problem:
+            raise ValueError(problem)
+        return sorted({n for layer in self.layers for r in roles for n in layer.found[r]})
+
+    def regex(self, *roles: str) -> str:
+        """A full-match regex of those modules (peft's ``target_modules``)."""
+        return "^(" + "|".join(re.escape(n) for n in self.names(*roles)) + ")$"
+
+
+def roles(model: nn.Module) -> Roles:
+    """Discover the layers and their projections (see the module docstring)."""
+    groups = layer_groups(model)
+    if not groups:
+        raise ValueError(f"no encoder layers found in {type(model).__name__}")
+    overrides = OVERRIDES.get(model.config.model_type, {})
+    layers = tuple(_layer(model, i, roots, overrides) for i, roots in enumerate(groups))
+    return Roles(model.config.model_type, layers)
+
+
+def arch_of(model: nn.Module, method: str) -> Roles:
+    """The discovered roles, for ``method``'s error messages."""
+    try:
+        return roles(model)
+    except ValueError as e:
+        raise ValueError(f"{method}: {e}") from None
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, ...]]:
+    """Each encoder layer as the full names of its root modules, bottom to top."""
+    base = model.base_model_prefix
+    modules = dict(model.named_modules())
+    lists = [
+        n
+        for n, m in modules.items()
+        if n.startswith(base + ".")
+        and isinstance(m, nn.ModuleList)
+        and len(m)
+        and all(not isinstance(c, nn.ModuleList) and _has_linear(c) for c in m)
+    ]
+    # A list inside another list's layer is part of that layer (MobileBERT's extra FFNs).
+    lists = [n for n in lists if not any(n.startswith(o + ".") for o in lists)]
+    groups: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for name in lists:
+        if name in seen:
+            continue
+        parent = name.rpartition(".")[0]
+        # Attributes of one parent with the same length are parts of the same layers (XLM).
+        siblings = [
+            f"{parent}.{child}"
+            for child, m in modules[parent].named_children()
+            if isinstance(m, nn.ModuleList)
+            and len(m) == len(modules[name])
+            and not isinstance(modules[parent], nn.ModuleList)
+        ] or [name]
+        if name not in siblings:
+            siblings = [name]
+        seen.update(siblings)
+        distinct: list[nn.Module] = []
+        for i in range(len(modules[name])):
+            module = modules[siblings[0]][i]
+            if any(module is d for d in distinct):  # reused at several depths (ALBERT)
+                continue
+            distinct.append(module)
+            groups.append(tuple(f"{s}.{i}" for s in siblings))
+    return groups
+
+
+def _has_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+def _is_attention(path: str) -> bool:
+    return any("att" in part.lower() for part in path.split("."))
+
+
+def _layer(model: nn.Module, index: int, roots: tuple[str, ...], overrides) -> Layer:
+    """One layer's roles; ``problem`` says what could not be found."""
+    base = model.base_model_prefix
+    linears: list[tuple[str, str, nn.Linear]] = []  # (full name, path from the list on, module)
+    for root in roots:
+        list_attr = root.rpartition(".")[0].rpartition(".")[2]
+        for sub, m in model.get_submodule(root).named_modules():
+            if isinstance(m, nn.Linear):
+                full = f"{root}.{sub}" if sub else root
+                linears.append((full, list_attr + full[len(root) :], m))
+    found = _discover(linears)
+    for role, pattern in overrides.items():  # paths relative to the layer's root module
+        rel = re.compile(pattern)
+        found[role] = tuple(
+            n for n, _, _ in linears if any(rel.fullmatch(n[len(r) + 1 :]) for r in roots)
         )
-    return ARCHS[model_type]
+    missing = [r for r in ROLES if not found.get(r)]
+    problem = None
+    if missing:
+        problem = (
+            f"{model.config.model_type}: no {'/'.join(missing)} projection found in layer {index} "
+            f"(linear layers: {[n[len(base) + 1 :] for n, _, _ in linears][:12]})"
+        )
+    return Layer(index, roots, found, problem)
 
 
-def layer_regex(model: nn.Module, fragments: list[str]) -> str:
-    """A full-match regex for the given layer-relative module paths."""
-    alternatives = "|".join(sorted(set(fragments)))
-    return rf"^{re.escape(model.base_model_prefix)}\.(.*\.)?layers?\.\d+\.({alternatives})$"
+def _discover(linears: list[tuple[str, str, nn.Linear]]) -> dict[str, tuple[str, ...]]:
+    attn = [(n, m) for n, path, m in linears if _is_attention(path)]
+    rest = [(n, m) for n, path, m in linears if not _is_attention(path)]
+    leaf = {n: n.rpartition(".")[2].lower() for n, *_ in linears}
+    found: dict[str, tuple[str, ...]] = {}
+    fused = [(n, m) for n, m in attn if leaf[n] in FUSED_QKV]
+    for role, names in (("query", QUERY), ("key", KEY), ("value", VALUE)):
+        hits = [n for n, _ in attn if leaf[n] in names]
+        found[role] = tuple(hits) if len(hits) == 1 else tuple(n for n, _ in fused[:1])
+    value = dict(attn).get(found["value"][0]) if found["value"] else None
+    if value is not None:
+        width = value.out_features // (3 if leaf[found["value"][0]] in FUSED_QKV else 1)
+        qkv = {n for r in ("query", "key", "value") for n in found[r]}
+        outs = [n for n, m in attn if n not in qkv and leaf[n] in ATTN_OUT]
+        # The one that reads the values' width; else the one there is (ConvBERT's reads the
+        # attention and convolution outputs together).
+        reads = [n for n in outs if dict(attn)[n].in_features == width]
+        pick = reads if len(reads) == 1 else outs
+        found["attn_out"] = tuple(pick) if len(pick) == 1 else ()
+    expanding = [(n, m) for n, m in rest if m.out_features > m.in_features]
+    if expanding:
+        inner = max(m.out_features for _, m in expanding)
+        ffn_in = [(n, m) for n, m in expanding if m.out_features == inner]
+        width = ffn_in[0][1].in_features
+        back = [
+            n for n, m in rest if m.in_features in (inner, inner // 2) and m.out_features == width
+        ]
+        found["ffn_in"] = tuple(n for n, _ in ffn_in)
+        found["ffn_out"] = tuple(back)
+    return found
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The base model's list of transformer layers."""
+def layer_modules(model: nn.Module) -> list[list[nn.Module]]:
+    """Each layer's root modules, bottom to top."""
+    return [[model.get_submodule(r) for r in g] for g in layer_groups(model)]
+
+
+def last_layer(model: nn.Module) -> nn.Module:
+    """The module whose output is the top layer's output (what a top adapter rewrites)."""
+    group = layer_modules(model)[-1]
+    return group[-1]
+
+
+def norms_in_layers(model: nn.Module) -> list[nn.Module]:
+    """The normalisation modules inside the encoder layers (LayerNorm, RMSNorm, ...)."""
+    return [
+        m
+        for group in layer_modules(model)
+        for root in group
+        for m in root.modules()
+        if isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
+    ]
+
+
+def head_vector(model: nn.Module) -> str:
+    """What the classification head reads from the base model's output.
+
+    ``pooler``: the base model's pooler output (BERT, ALBERT, ...); ``mean`` or
+    ``last``: the final hidden states pooled so, where the config says so
+    (ModernBERT's ``classifier_pooling``, XLM's ``summary_type``); ``first``:
+    the first token's final hidden state (RoBERTa, DeBERTa, ...).
+    """
+    config = model.config
+    pooling = getattr(config, "classifier_pooling", None) or getattr(config, "summary_type", None)
+    if pooling in ("mean", "last"):
+        return pooling
     base = getattr(model, model.base_model_prefix)
-    for name, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and re.search(r"(^|\.)layers?$", name):
-            return module
-    raise ValueError(f"no encoder layer list found in {type(model).__name__}")
+    return "pooler" if isinstance(getattr(base, "pooler", None), nn.Module) else "first"
 
 
-def layer_index(name: str) -> int | None:
-    """The encoder layer a parameter belongs to, or None (embeddings, pooler, head)."""
-    m = re.search(r"\blayers?\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
+def pick_vector(kind: str, output, attention_mask=None):
+    """The vector of kind :func:`head_vector` from a base model's output."""
+    if kind == "pooler":
+        return output.pooler_output
+    hidden = output.last_hidden_state
+    if kind == "last":
+        return hidden[:, -1]
+    if kind == "mean":
+        if attention_mask is None:  # no padding in the batch
+            return hidden.mean(dim=1)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    return hidden[:, 0]
 
 
 def base_blocks(model: nn.Module) -> list[tuple[nn.Module, int | None]]:
     """The base encoder cut into blocks: (module, layer index or None), in definition order.
 
-    Every encoder layer is a block, and so is every largest module outside the
-    layer list that holds no layer: the embeddings, BERT's pooler, DeBERTa's
-    relative embeddings, their norm and the convolution after layer 0,
-    ModernBERT's final norm. Every parameter of the base model is in one block.
+    Every root module of a layer is a block, and so is every largest module
+    outside the layers that holds no layer: the embeddings, BERT's pooler,
+    DeBERTa's relative embeddings, their norm and the convolution after
+    layer 0, ModernBERT's final norm. Every parameter of the base model is in one block.
     """
-    layers = encoder_layers(model)
+    index = {id(m): i for i, group in enumerate(layer_modules(model)) for m in group}
+
+    def holds_layer(module: nn.Module) -> bool:
+        return any(id(m) in index for m in module.modules())
 
     def cut(module: nn.Module) -> list[tuple[nn.Module, int | None]]:
         out: list[tuple[nn.Module, int | None]] = []
         for child in module.children():
-            if child is layers:
-                out.extend((layer, i) for i, layer in enumerate(child))
-            elif any(m is layers for m in child.modules()):
+            if id(child) in index:
+                out.append((child, index[id(child)]))
+            elif holds_layer(child):
                 out.extend(cut(child))
             else:
                 out.append((child, None))
@@ -136,14 +289,6 @@ def run_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
     in one). Modules that never run (DeBERTa's relative embeddings are read as
     a weight) are absent.
     """
-    import inspect
-
-    import torch
-
-    runner = next(
-        m for m in model.modules() if "input_ids" in inspect.signature(m.forward).parameters
-    )
-    modes = {m: m.training for m in model.modules()}
     starts: dict[nn.Module, int] = {}
     ends: dict[nn.Module, int] = {}
     clock = [0]
@@ -160,24 +305,91 @@ def run_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post, prepend=True))
     try:
-        device = next(model.parameters()).device
-        ids = torch.ones(1, 4, dtype=torch.long, device=device)
+        probe_forward(model, before_try=lambda: (starts.clear(), ends.clear()))
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: (starts[m], ends.get(m, clock[0])) for m in starts}
+
+
+def probe_forward(model: nn.Module, before_try=lambda: None) -> None:
+    """One forward of four tokens in eval mode without gradients; the modes are restored.
+
+    On the meta device (``validate`` applies methods to a weightless model)
+    some mask code reads values: BERT's without a mask, DeBERTa's with one.
+    """
+    import inspect
+
+    import torch
+
+    runner = next(
+        m for m in model.modules() if "input_ids" in inspect.signature(m.forward).parameters
+    )
+    modes = {m: m.training for m in model.modules()}
+    device = next(model.parameters()).device
+    ids = torch.ones(1, 4, dtype=torch.long, device=device)
+    tries = [{"attention_mask": torch.ones_like(ids)}, {}]
+    try:
         model.eval()
-        # On the meta device (``validate`` applies methods to a weightless model) some
-        # mask code reads values: BERT's without a mask, DeBERTa's with one.
-        tries = [{"attention_mask": torch.ones_like(ids)}, {}]
         for i, kwargs in enumerate(tries):
-            starts.clear(), ends.clear()
+            before_try()
             try:
                 with torch.no_grad():
                     runner(input_ids=ids, **kwargs)
-                break
+                return
             except RuntimeError:
                 if i == len(tries) - 1 or device.type != "meta":
                     raise
     finally:
-        for h in handles:
-            h.remove()
         for m, mode in modes.items():
             m.training = mode
-    return {m: (starts[m], ends.get(m, clock[0])) for m in starts}
+
+
+PROBE = "peftsearch_probe"
+
+
+def attention_callers(model: nn.Module) -> tuple[list[tuple[nn.Module, int]], str | None]:
+    """The modules that call transformers' attention interface, one per layer, with the width
+    of their keys: ``([(module, key width), ...] bottom to top, None)``, or ``([], why not)``.
+
+    Found by running the model once with a recording attention function.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    kind = model.config.model_type
+    can_set = getattr(model, "_can_set_attn_implementation", lambda: False)
+    if not can_set():
+        return (
+            [],
+            f"{kind} computes attention itself, not through transformers' attention interface",
+        )
+    calls: list[tuple[nn.Module, int]] = []
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        if not any(module is m for m, _ in calls):
+            calls.append((module, key.shape[1] * key.shape[3]))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(PROBE, record)
+    AttentionMaskInterface.register(PROBE, sdpa_mask)
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(PROBE)
+        probe_forward(model, before_try=calls.clear)
+    except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+        return [], f"{kind}: its attention could not be routed through the interface ({e})"
+    finally:
+        model.set_attn_implementation(previous)
+    owners = layer_modules(model)
+    layer_of = [
+        next((i for i, g in enumerate(owners) for r in g if any(m is x for x in r.modules())), None)
+        for m, _ in calls
+    ]
+    if len(calls) != len(owners) or layer_of != list(range(len(owners))):
+        return [], (
+            f"{kind}: {len(calls)} modules call the attention interface, not one in each of "
+            f"its {len(owners)} layers"
+        )
+    return calls, None

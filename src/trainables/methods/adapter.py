@@ -14,12 +14,11 @@ layer, so it trains none.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import arch_of, encoder_layers, layer_regex
+from trainables.methods._arch import arch_of, last_layer, layer_groups, norms_in_layers
 from trainables.methods._base import LAST_LAYER, Knob, Method, freeze_base
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -66,27 +65,30 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     freeze_base(model)
     size, act = knobs["adapter_size"], knobs["adapter_activation"]
     if knobs["adapter_placement"] == "top":
-        last = encoder_layers(model)[-1]
+        groups = layer_groups(model)
+        if len(groups) < model.config.num_hidden_layers:
+            # Its last layer runs at every depth: a hook on it would adapt every depth.
+            raise ValueError(
+                f"adapter: placement top needs a last layer of its own; {model.config.model_type} "
+                "reuses one layer at every depth (use placement layer)"
+            )
+        last = last_layer(model)
         ref = next(model.parameters())
         last.top_adapter = Bottleneck(model.config.hidden_size, size, act).to(ref.device, ref.dtype)
         last.register_forward_hook(_top_hook)
         return model
-    arch = arch_of(model, "adapter")
-    fragments = [arch.ffn_out] + ([arch.attn_out] if knobs["adapter_variant"] == "houlsby" else [])
-    pattern = re.compile(layer_regex(model, fragments))
-    targets = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n)
-    ]
-    if not targets:
-        raise ValueError(f"adapter: no target projection found in {type(model).__name__}")
+    roles = arch_of(model, "adapter")
+    wanted = ["ffn_out"] + (["attn_out"] if knobs["adapter_variant"] == "houlsby" else [])
+    try:
+        targets = roles.names(*wanted)
+    except ValueError as e:
+        raise ValueError(f"adapter: {e}") from None
     norms = knobs["adapter_train_layernorm"]
     if norms == "auto":
         norms = knobs["adapter_variant"] == "houlsby"
     if norms:
-        for layer in encoder_layers(model):
-            for m in layer.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.requires_grad_(True)
+        for m in norms_in_layers(model):
+            m.requires_grad_(True)
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -15,19 +15,20 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import base_blocks, encoder_layers, run_order
+from trainables.methods._arch import base_blocks, layer_modules, run_order
 from trainables.methods._base import LAST_LAYER, Knob, Method, freeze_base
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze everything that runs before layer ``freeze_layers`` (see the module docstring)."""
     k = knobs["freeze_layers"]
-    layers = encoder_layers(model)
+    layers = layer_modules(model)
     if k > len(layers):
         raise ValueError(f"freeze: freeze_layers={k} but the model has {len(layers)} layers")
     freeze_base(model)  # the head trains
     order = run_order(model)
-    cut = order[layers[k]][0] if k < len(layers) else order[layers[-1]][1]
+    ran = [[order[m] for m in roots if m in order] for roots in layers]
+    cut = min(s for s, _ in ran[k]) if k < len(layers) else max(e for _, e in ran[-1])
     for block, _ in base_blocks(model):
         # A block that never runs as a module (DeBERTa's relative embeddings) feeds the layers.
         if block in order and order[block][0] >= cut:

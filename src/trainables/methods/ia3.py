@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import arch_of, layer_regex
+from trainables.methods._arch import arch_of
 from trainables.methods._base import Knob, Method, inject_peft
 
 
@@ -18,13 +18,15 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject IA3 vectors."""
     from peft import IA3Config
 
-    a = arch_of(model, "ia3")
-    attention = [a.key, a.value]
-    feedforward = [a.ffn_out] if knobs["ia3_targets"] == "kv_ffn" else []
-    config = IA3Config(
-        target_modules=layer_regex(model, attention + feedforward),
-        feedforward_modules=layer_regex(model, feedforward) if feedforward else [],
-    )
+    roles = arch_of(model, "ia3")
+    feedforward = ("ffn_out",) if knobs["ia3_targets"] == "kv_ffn" else ()
+    try:
+        config = IA3Config(
+            target_modules=roles.regex("key", "value", *feedforward),
+            feedforward_modules=roles.regex(*feedforward) if feedforward else [],
+        )
+    except ValueError as e:
+        raise ValueError(f"ia3: {e}") from None
     return inject_peft(model, config, "ia3_")
 
 

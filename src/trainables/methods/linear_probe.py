@@ -1,90 +1,89 @@
 """Linear probe: one linear layer on the frozen encoder's output, the vector the model's head reads.
 
-That vector is BERT's pooler output (the pooler stays frozen), ModernBERT's
-pooled (``classifier_pooling``: cls or mean), final-normed states, and the
-first token's final hidden state elsewhere. The native head's extra layers
-(RoBERTa's dense + tanh, DistilBERT's pre_classifier + ReLU, DeBERTa's context
-pooler, ModernBERT's dense + activation + norm) are removed; the model's own
-classifier ``Linear(hidden, labels)`` and its dropout remain. Trainable:
-``hidden * labels + labels`` on every architecture. (``head_only`` trains the
-native head.)
+That vector (:func:`trainables.methods._arch.head_vector`) is the base
+model's pooler output where it has a pooler (BERT, ALBERT, ...; the pooler
+stays frozen), the pooled final states where the config says how to pool
+(ModernBERT's ``classifier_pooling``, XLM's ``summary_type``), and the first
+token's final hidden state elsewhere. The layer is the model's own last head
+layer, ``Linear(hidden, labels)``, with the head's dropout; the head's other
+layers (RoBERTa's dense + tanh, DistilBERT's pre_classifier + ReLU, DeBERTa's
+context pooler, ModernBERT's dense + activation + norm, ...) are removed.
+Trainable: ``hidden * labels + labels`` on every architecture. Where the head
+already is that layer on the pooler output (BERT), the model is left as it
+is. (``head_only`` trains the native head.)
 """
 
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Any
 
-import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from trainables.methods._arch import head_vector, pick_vector
 from trainables.methods._base import HEAD, Method, freeze_base
 
-ROBERTA_LIKE = ("roberta", "xlm-roberta", "electra")
 
-
-class FirstTokenLinear(nn.Module):
-    """RoBERTa-style head reduced to dropout + the output projection, on token 0."""
-
-    def __init__(self, dropout: nn.Module, out_proj: nn.Linear) -> None:
-        super().__init__()
-        self.dropout, self.out_proj = dropout, out_proj
-
-    def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.out_proj(self.dropout(features[:, 0]))
-
-
-class FirstToken(nn.Module):
-    """DeBERTa's context pooler without its dense layer and activation: token 0 as it is."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states[:, 0]
-
-
-def _distilbert_forward(
+def _probe_forward(
     self,
     input_ids=None,
     attention_mask=None,
-    inputs_embeds=None,
+    token_type_ids=None,
     labels=None,
-    position_ids=None,
     **kwargs,
 ) -> SequenceClassifierOutput:
-    """DistilBERT's forward without pre_classifier and ReLU: classifier(dropout(token 0))."""
-    hidden = self.distilbert(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        inputs_embeds=inputs_embeds,
-        position_ids=position_ids,
-        return_dict=True,
-        **kwargs,
-    )[0]
-    logits = self.classifier(self.dropout(hidden[:, 0]))
+    """The base model, the vector its head reads, then ``probe(probe_dropout(vector))``."""
     from trainables.metrics import task_loss  # cross-entropy, or MSE for regression
 
+    base = getattr(self, self.base_model_prefix)
+    if token_type_ids is not None and _takes(base, "token_type_ids"):
+        kwargs["token_type_ids"] = token_type_ids
+    out = base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    vector = pick_vector(self.probe_reads, out, attention_mask)
+    logits = self.probe(self.probe_dropout(vector))
     loss = task_loss(logits, labels) if labels is not None else None
     return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-    """Reduce the head to the model's classifier on the vector it reads; freeze the rest."""
-    kind = model.config.model_type
-    if kind == "bert":
-        pass  # classifier(dropout(pooler output)): already one linear layer
-    elif kind in ROBERTA_LIKE:
-        model.classifier = FirstTokenLinear(model.classifier.dropout, model.classifier.out_proj)
-    elif kind == "deberta-v2":
-        model.pooler = FirstToken()
-    elif kind == "modernbert":
-        model.head = nn.Identity()
-    elif kind == "distilbert":
-        del model.pre_classifier
-        model.forward = types.MethodType(_distilbert_forward, model)
-    else:
+def _takes(module: nn.Module, name: str) -> bool:
+    params = inspect.signature(module.forward).parameters
+    return name in params
+
+
+def _last_layer(model: nn.Module, heads: list[str]) -> nn.Linear:
+    """The head's ``Linear(hidden, labels)``."""
+    labels, hidden = model.config.num_labels, model.config.hidden_size
+    found = [
+        m
+        for h in heads
+        for m in getattr(model, h).modules()
+        if isinstance(m, nn.Linear) and m.out_features == labels
+    ]
+    if len(found) != 1 or found[0].in_features != hidden:
         raise ValueError(
-            f"linear_probe: architecture {kind!r} is not supported; use head_only there"
+            f"linear_probe: the head of {model.config.model_type} has no single "
+            f"Linear({hidden}, {labels}) to keep; use head_only there"
         )
+    return found[0]
+
+
+def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+    """Reduce the head to its last layer on the vector it reads; freeze the rest."""
+    reads = head_vector(model)
+    heads = [n for n, _ in model.named_children() if n != model.base_model_prefix]
+    last = _last_layer(model, heads)
+    modules = [getattr(model, h) for h in heads]
+    if reads == "pooler" and all(m is last or isinstance(m, nn.Dropout) for m in modules):
+        return freeze_base(model)  # already one linear layer on the (frozen) pooler output
+    dropout = next(
+        (m for h in modules for m in h.modules() if isinstance(m, nn.Dropout)), nn.Identity()
+    )
+    for h in heads:
+        delattr(model, h)
+    model.probe_dropout, model.probe, model.probe_reads = dropout, last, reads
+    model.forward = types.MethodType(_probe_forward, model)
     return freeze_base(model)
 
 

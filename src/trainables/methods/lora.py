@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import arch_of, layer_regex
+from trainables.methods._arch import ROLES, arch_of
 from trainables.methods._base import Knob, Method, inject_peft
 
 
@@ -19,17 +19,18 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject LoRA into the targeted projections."""
     from peft import LoraConfig
 
-    a = arch_of(model, "lora")
-    if knobs["lora_targets"] == "query_value":
-        fragments = [a.query, a.value]
-    else:
-        fragments = [a.query, a.key, a.value, a.attn_out, a.ffn_in, a.ffn_out]
+    roles = arch_of(model, "lora")
+    wanted = ("query", "value") if knobs["lora_targets"] == "query_value" else ROLES
+    try:
+        targets = roles.regex(*wanted)
+    except ValueError as e:
+        raise ValueError(f"lora: {e}") from None
     config = LoraConfig(
         r=knobs["lora_rank"],
         lora_alpha=knobs["lora_alpha"],
         lora_dropout=knobs["lora_dropout"],
         # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
-        target_modules=layer_regex(model, fragments),
+        target_modules=targets,
     )
     return inject_peft(model, config, "lora_")
 

@@ -14,14 +14,13 @@ with ``p = prefix_hidden`` - plus the head.
 
 from __future__ import annotations
 
-import re
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainables.methods._arch import arch_of, encoder_layers
+from trainables.methods._arch import attention_callers
 from trainables.methods._base import Knob, Method, freeze_base
 
 IMPLEMENTATION = "peftsearch_prefix"
@@ -30,14 +29,17 @@ _PREFIX_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PrefixEncoder(nn.Module):
-    """Key/value prefixes for all layers: (length, layers, 2, hidden) on call."""
+    """Key/value prefixes for all layers: (length, layers, 2, width) on call.
+
+    ``width`` is the keys' width (heads x head size, usually ``hidden``).
+    """
 
     def __init__(
-        self, length: int, layers: int, hidden: int, projection: bool, proj_hidden: int
+        self, length: int, layers: int, hidden: int, projection: bool, proj_hidden: int, width: int
     ) -> None:
         super().__init__()
-        self.length, self.layers, self.hidden = length, layers, hidden
-        out = layers * 2 * hidden
+        self.length, self.layers, self.width = length, layers, width
+        out = layers * 2 * width
         if projection:
             self.embedding = nn.Parameter(torch.randn(length, hidden) * 0.02)
             self.mlp = nn.Sequential(
@@ -49,7 +51,7 @@ class PrefixEncoder(nn.Module):
 
     def forward(self) -> torch.Tensor:
         kv = self.mlp(self.embedding) if self.mlp is not None else self.embedding
-        return kv.view(self.length, self.layers, 2, self.hidden)
+        return kv.view(self.length, self.layers, 2, self.width)
 
 
 def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
@@ -60,8 +62,8 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
     if entry is not None:
         encoder, layer = entry
         batch, heads, _, head_dim = key.shape
-        kv = encoder()[:, layer]  # (length, 2, hidden)
-        # (length, hidden) -> (batch, heads, length, head_dim)
+        kv = encoder()[:, layer]  # (length, 2, width)
+        # (length, width) -> (batch, heads, length, head_dim)
         pk, pv = (
             kv[:, i].view(-1, heads, head_dim).transpose(0, 1).expand(batch, -1, -1, -1)
             for i in (0, 1)
@@ -90,29 +92,25 @@ def _register() -> None:
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder, add the prefix encoder, route attention through it."""
-    arch = arch_of(model, "prefix")
-    if arch.attn_module is None:
-        raise ValueError(
-            f"prefix: {model.config.model_type} computes attention itself, not through "
-            "transformers' attention interface; use lora, adapter or p_tuning there"
-        )
+    callers, why = attention_callers(model)
+    if why:
+        raise ValueError(f"prefix: {why}; use lora, adapter or p_tuning there")
+    widths = {w for _, w in callers}
+    if len(widths) != 1:
+        raise ValueError(f"prefix: the layers' keys differ in width ({sorted(widths)})")
     freeze_base(model)
-    layers = encoder_layers(model)
     ref = next(model.parameters())
     encoder = PrefixEncoder(
         knobs["prefix_length"],
-        len(layers),
+        len(callers),
         model.config.hidden_size,
         knobs["prefix_projection"],
         knobs["prefix_hidden"],
+        width=widths.pop(),
     ).to(ref.device, ref.dtype)
     model.prefix_encoder = encoder
-    pattern = re.compile(rf"^{arch.attn_module}$")
-    for i, layer in enumerate(layers):
-        found = [m for n, m in layer.named_modules() if pattern.match(n)]
-        if len(found) != 1:
-            raise ValueError(f"prefix: no attention module {arch.attn_module!r} in layer {i}")
-        _PREFIX_OF[found[0]] = (encoder, i)
+    for i, (module, _) in enumerate(callers):
+        _PREFIX_OF[module] = (encoder, i)
     _register()
     model.set_attn_implementation(IMPLEMENTATION)
     return model
