@@ -93,6 +93,18 @@ def _split_files(dev: str):
     return change
 
 
+def _sets(**keys):
+    """A change to the space: several keys (dotted paths, ``__`` for the dots) set at once."""
+
+    def change(space: dict, tmp: Path) -> None:
+        for k, v in keys.items():
+            _set(k.replace("__", "."), v)(space, tmp)
+
+    return change
+
+
+FLOATS = "".join(f"goal match {i}\t{i / 7:.3f}\n" for i in range(40))
+
 # (case, change, what the message must name) - the issue's list of bad input, each exit 2.
 BAD = [
     ("unknown method", _set("methods.lorax", {}), "methods.lorax: unknown method"),
@@ -141,6 +153,16 @@ BAD = [
     ("grace_period beyond the rounds", _set("scheduler.grace_period", 5),
      "scheduler.grace_period: 5 rounds before the first cut, but a trial runs at most 4"),
     ("storage below a file", _storage_under_a_file, ("storage: ", "a-file is not a folder")),
+    ("metric that does not fit the task",
+     _sets(experiment__task="regression", experiment__metric="mcc"),
+     ("experiment.metric: 'mcc' does not fit a regression task", "pearson")),
+    ("f1 on more than two labels", _set("experiment.metric", "f1"),
+     ("experiment.metric: f1 is binary, but the label column has 3 labels", "f1_macro",
+      "f1_micro")),
+    ("regression labels that are not numbers", _set("experiment.task", "regression"),
+     ("experiment.dataset.label: ", "holds 480 value(s) that are not numbers", "'sport'")),
+    ("non-integer labels ranked by accuracy", _data("text\tlabel\n" + FLOATS),
+     ("experiment.metric: 'accuracy' does not fit a regression task", "experiment.task")),
 ]  # fmt: skip
 
 

@@ -195,3 +195,22 @@ def test_the_file_encoding_is_a_key(tmp_path):
         '{"text": "crème", "label": "a"}\n{"text": "x", "label": "b"}\n'.encode("cp1252")
     )
     assert load_table(DatasetSpec(path=str(json_path), encoding="cp1252")).texts[0] == "crème"
+
+
+def test_the_task_follows_the_label_column_unless_given(tmp_path):
+    from trainables.data import detect_task, load_table, split_indices
+
+    assert detect_task([0.0, 1.0, 1.0]) == "classification"  # 0.0/1.0 stays classification
+    assert detect_task([1, 2, 3]) == detect_task(["a", "b"]) == "classification"
+    assert detect_task([0.5, 1, "2.25"]) == "regression"
+    assert detect_task([0.5, "n/a"]) == "classification"  # not all numbers: classes
+    assert detect_task([0.5, 1.5], "classification") == "classification"
+    path = tmp_path / "scores.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"t {i}\t{i / 3:.2f}\n" for i in range(90)))
+    table = load_table(DatasetSpec(path=str(path)))
+    assert table.task == "regression" and table.label_names == ["label"]
+    # Stratified by quantile bins: a capped training split spans the whole range.
+    idx = split_indices(table, 0.2, 0.2, seed=0, max_train=10)
+    capped = np.sort(table.labels[idx["train"]])
+    assert capped[0] < 3 and capped[-1] > 26 and len(capped) == 10
+    assert load_table(DatasetSpec(path=str(path)), task="classification").task == "classification"
