@@ -1,4 +1,5 @@
-"""One ranking value: the best round of the search's first objective, in its mode, everywhere.
+"""One ranking value: the best round of the run's metric (experiment.metric), in its mode,
+everywhere.
 
 Optuna, trials.parquet, the Pareto front, export, the end-of-run checkpoint
 pruning and confirm all rank a trial by the same number; a trial with fewer
@@ -210,9 +211,10 @@ def test_a_val_loss_search_ranks_everything_by_val_loss(ray_local, tmp_path, tin
             "lora": {"learning_rate": {"log": [1e-3, 1e-1]}},
             "linear_probe": {"learning_rate": {"log": [1e-3, 1e-1]}},
         },  # fmt: skip
-        search={"num_samples": 4, "searcher": "random", "objectives": ["val_loss"]},
+        search={"num_samples": 4, "searcher": "random"},
         scheduler={"type": "none"},
     )
+    space["experiment"]["metric"] = "loss"  # the ranking metric's owner: objectives follow
     space["experiment"]["max_train_samples"] = 20  # 2 steps an epoch: 4 steps for 8 rounds
     space["train"]["evals_per_epoch"] = 4
     path = tmp_path / "loss.yaml"

@@ -159,3 +159,39 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary(tmp_path):
         atomic_write(tmp_path / "report.html", crash)
     assert (tmp_path / "report.html").read_text() == "<html>old</html>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "trials.parquet"]
+
+
+def _confirmed(evil: str) -> pd.DataFrame:
+    """Two seeds of trial "b" (Pareto-optimal) and one of "a" (not), per-label figures each."""
+    rows = []
+    for tid, seed, cm in (("b", 0, [[8, 2], [1, 9]]), ("b", 1, [[9, 1], [3, 7]]),
+                          ("a", 0, [[5, 5], [5, 5]])):  # fmt: skip
+        rows.append({
+            "trial_id": tid, "method": "lora", "seed": seed, "status": "ok", "error": None,
+            "metric": "val_mcc", "test_metric": 0.5, "test_accuracy": 0.8, "test_loss": 0.4,
+            "val_metric_search": 0.6, "best_val_metric": 0.55, "trainable_params": 10,
+            "total_params": 1000, "knobs_json": "{}", "n_test": 20,
+            "label_names": json.dumps([evil, "ok"]),
+            "test_per_class_json": json.dumps({"precision": [0.9, 0.7], "recall": [0.8, 0.9],
+                                               "f1": [0.85, 0.8], "support": [10, 10]}),
+            "test_confusion_json": json.dumps(cm),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_per_label_figures_of_the_pareto_optimal_configurations_are_shown_escaped():
+    from reports.figure_data import per_label_data
+
+    evil = "<b>spam</b>"
+    trials = trials_frame([("a", "full", 1000, 0.80), ("b", "lora", 10, 0.95)])
+    confirmed = _confirmed(evil)
+    (d,) = per_label_data(confirmed, ["b"])
+    assert d["seeds"] == 2 and d["labels"] == [evil, "ok"]
+    assert d["confusion"] == [[17, 3], [4, 16]]  # summed over the seeds
+    assert d["f1"] == pytest.approx([0.85, 0.8])
+    page = render(trials, pd.DataFrame(columns=["trial_id", "method", "iteration", "epoch",
+                                                "val_accuracy", "val_loss"]), "run", confirmed)  # fmt: skip
+    assert evil not in page and "&lt;b&gt;spam&lt;/b&gt;" in page
+    # Only the front's configurations ("a" is confirmed but dominated by "b").
+    assert "<h3>lora (b)</h3>" in page and "<h3>lora (a)</h3>" not in page
+    assert "test mcc" in page and "0.5000 ± 0.0000" in page
