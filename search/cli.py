@@ -96,10 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("space", nargs="?", default=None, help="space YAML file or shipped name")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
-    sub.add_parser(
+    me = sub.add_parser(
         "methods",
         help="list the methods with their knobs",
         description="List every method with its knobs, defaults and allowed values.",
+    )
+    me.add_argument(
+        "--matrix",
+        action="store_true",
+        help="which method applies to which encoder type of the installed transformers, and why not",
     )
 
     ex = sub.add_parser(
@@ -333,6 +338,11 @@ def cmd_validate(args) -> int:
 def cmd_methods(args) -> int:
     from trainables.methods import METHODS
 
+    if args.matrix:
+        from trainables.methods.support import format_matrix, matrix
+
+        print(format_matrix(matrix()))
+        return 0
     for m in METHODS.values():
         print(f"{m.name}: {m.help}")
         for k in m.knobs:

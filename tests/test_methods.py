@@ -429,3 +429,37 @@ def test_prefix_logits_do_not_depend_on_the_padding_around_them(arch, pairs, tin
     with torch.no_grad():
         model.prefix_encoder.embedding.normal_(std=1.0)
     assert not torch.allclose(logits([short])[0], alone[0], atol=1e-4)
+
+
+def test_every_method_trains_a_regression_head(tiny_bert, tmp_path):
+    """A float target (one output, MSE): every method trains on it."""
+    from conftest import make_texts
+
+    from trainables.trial import fit_data
+
+    lines = ["text\tscore"] + [
+        f"{t}\t{sum(w in ('goal', 'team', 'win') for w in t.split()) / 4 + i % 7 / 100:.3f}"
+        for i, (t, _) in enumerate(make_texts(120))
+    ]
+    path = tmp_path / "scores.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    spec = DatasetSpec(path=str(path), label="score")
+    data = prepare(spec, load_tokenizer(str(tiny_bert)), 32, metric="pearson", validation=0.25)
+    assert data.task == "regression"
+    first = {}
+    for method, knobs, _, _ in CASES:
+        first.setdefault(method, knobs)
+    for method, knobs in first.items():
+        model = build_model(str(tiny_bert), data, method, knobs, seed=0)
+        cfg = TrainConfig(learning_rate=1e-3, epochs=1, batch_size=16, evals_per_epoch=1)
+        splits = fit_data(model, data).splits  # a prompt method's model takes no segment ids
+        out = train(
+            model,
+            splits["train"],
+            splits["validation"],
+            cfg,
+            0,
+            lambda m, s: None,
+            metric="pearson",
+        )
+        assert np.isfinite(out["val_loss"]) and "val_pearson" in out, (method, out)

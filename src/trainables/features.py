@@ -53,15 +53,17 @@ def _plan_of(model: nn.Module) -> CachePlan:
     reads = head_vector(model)
     base = getattr(model, model.base_model_prefix)
     pooler = getattr(base, "pooler", None) if reads == "pooler" else None
-    # A pooler that takes the hidden states (BERT's) can run on the cached token 0.
-    on_top = pooler is not None and "hidden_states" in inspect.signature(pooler.forward).parameters
+    on_top = pooler is not None and _pools_last_hidden_state(model, base, pooler)
     vector = "first" if on_top else reads
     why = None
+    layers = layer_modules(model)
     if vector != "first":
         why = f"its head reads the {reads} vector, which a top module would change"
+    elif not layers:
+        why = "no encoder layers were found in it"
     else:
         order = run_order(model)
-        end = max(order[m][1] for m in layer_modules(model)[-1] if m in order)
+        end = max(order[m][1] for m in layers[-1] if m in order)
         after = [
             b
             for b, i in base_blocks(model)
@@ -71,6 +73,30 @@ def _plan_of(model: nn.Module) -> CachePlan:
         if after:
             why = f"{type(after[0]).__name__} runs between the last layer and the head"
     return CachePlan(vector, on_top, why)
+
+
+def _pools_last_hidden_state(model: nn.Module, base: nn.Module, pooler: nn.Module) -> bool:
+    """Whether the pooler reads the base model's final hidden states (BERT's does; CANINE's
+    reads its downsampled sequence): then it can run on the cached token 0."""
+    from trainables.methods._arch import probe_forward
+
+    seen: dict[str, Any] = {}
+
+    def pooled(module, args) -> None:
+        seen.setdefault("input", args[0] if args else None)
+
+    def returned(module, args, output) -> None:
+        seen.setdefault("output", output[0])
+
+    hooks = [pooler.register_forward_pre_hook(pooled), base.register_forward_hook(returned)]
+    try:
+        probe_forward(model)
+    except RuntimeError:
+        return False
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen.get("input") is not None and seen.get("input") is seen.get("output")
 
 
 _PLANS: dict[str, CachePlan] = {}
@@ -103,6 +129,16 @@ def uses_cache(method: str, knobs: dict[str, Any], config) -> bool:
     return cache_problem(method, knobs, config) is None
 
 
+class _CachedOutput(BaseModelOutputWithPooling):
+    """The base model's output, with None for what the cache does not hold (Longformer's
+    head reads ``global_attentions``)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
 class _Cached(nn.Module):
     """Stands in for the base model: returns the cached vector as its output."""
 
@@ -111,7 +147,7 @@ class _Cached(nn.Module):
         self.hidden, self.pooled = hidden, pooled
 
     def forward(self, *args, **kwargs) -> BaseModelOutputWithPooling:
-        return BaseModelOutputWithPooling(last_hidden_state=self.hidden, pooler_output=self.pooled)
+        return _CachedOutput(last_hidden_state=self.hidden, pooler_output=self.pooled)
 
 
 def tail_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -152,13 +188,25 @@ class FeatureHead(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+def base_output(model: nn.Module, inputs: dict[str, torch.Tensor]):
+    """The base model's output within the model's own forward (which may add inputs to it:
+    Longformer's global attention on the first token)."""
+    seen = []
+    base = getattr(model, model.base_model_prefix)
+    hook = base.register_forward_hook(lambda module, args, output: seen.append(output) and None)
+    try:
+        model(**inputs)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 @torch.no_grad()
 def encode_features(
     model: nn.Module, split: Encoded, pad_id: int, batch_size: int = 64, bar=None
 ) -> np.ndarray:
     """The vectors the cache holds (:class:`CachePlan`) from the frozen, pretrained encoder."""
-    base = getattr(model, model.base_model_prefix).eval()
-    device = next(base.parameters()).device
+    device = next(model.eval().parameters()).device
     plan = cache_plan(model.config)
     plain = replace(split, features=None)  # collate pads token ids, not features
     out = np.empty((len(split), model.config.hidden_size), dtype=np.float32)
@@ -172,7 +220,7 @@ def encode_features(
         inputs.pop("labels")
         if not takes_token_types:  # as the uncached trial does (trial.fit_data)
             inputs.pop("token_type_ids", None)
-        output = base(**inputs, return_dict=True)
+        output = base_output(model, inputs)
         vector = pick_vector(plan.vector, output, inputs.get("attention_mask"))
         out[idx] = vector.float().cpu().numpy()
         if bar is not None:

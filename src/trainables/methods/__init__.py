@@ -64,7 +64,17 @@ def apply_method(model: nn.Module, name: str, knobs: dict[str, Any] | None = Non
         problem = knob.check(resolved[knob.name])
         if problem:
             raise ValueError(f"{name}.{knob.name}={resolved[knob.name]!r} {problem}")
-    return method.apply(model, resolved)
+    try:
+        return method.apply(model, resolved)
+    except ValueError as e:
+        if str(e).startswith(f"{name}:"):
+            raise
+        raise ValueError(f"{name}: {(str(e).splitlines() or [''])[0]}") from e
+    except (TypeError, NotImplementedError, RuntimeError, AttributeError, KeyError) as e:
+        # Whatever an architecture trips on is a refusal with its reason, before any trial.
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{name}: cannot apply to {kind}: {type(e).__name__}: {first}") from e
 
 
 __all__ = ["METHODS", "Knob", "Method", "apply_method", "freeze_base", "get_method"]

@@ -227,14 +227,49 @@ def head_vector(model: nn.Module) -> str:
     ``pooler``: the base model's pooler output (BERT, ALBERT, ...); ``mean`` or
     ``last``: the final hidden states pooled so, where the config says so
     (ModernBERT's ``classifier_pooling``, XLM's ``summary_type``); ``first``:
-    the first token's final hidden state (RoBERTa, DeBERTa, ...).
+    the first token's final hidden state (RoBERTa, DeBERTa, BigBird, ...).
     """
     config = model.config
     pooling = getattr(config, "classifier_pooling", None) or getattr(config, "summary_type", None)
     if pooling in ("mean", "last"):
         return pooling
+    return "pooler" if _head_reads_pooler(model) else "first"
+
+
+class _Wider(nn.Module):
+    """Stands in for a pooler: one feature too many, so a head that reads it fails."""
+
+    def forward(self, hidden, *args, **kwargs):
+        shape = (hidden.shape[0], hidden.shape[-1] + 1)
+        return hidden.new_zeros(shape)
+
+
+def _head_reads_pooler(model: nn.Module) -> bool:
+    """Whether the head uses the base model's pooler output (BigBird's has one it ignores).
+
+    Found by one forward with the pooler's output one feature too wide; where
+    the model does not run on the meta device (BigBird's block-sparse
+    attention reads values), by whether its forward's code reads the output.
+    """
+    import inspect
+
     base = getattr(model, model.base_model_prefix)
-    return "pooler" if isinstance(getattr(base, "pooler", None), nn.Module) else "first"
+    pooler = base._modules.get("pooler")
+    if pooler is None:
+        return False
+    try:
+        probe_forward(model)
+    except (RuntimeError, ValueError):
+        code = inspect.getsource(type(model).forward)
+        return any(s in code for s in ("pooled_output", "pooler_output", "outputs[1]"))
+    base._modules["pooler"] = _Wider()
+    try:
+        probe_forward(model)
+        return False
+    except (RuntimeError, ValueError):
+        return True
+    finally:
+        base._modules["pooler"] = pooler
 
 
 def pick_vector(kind: str, output, attention_mask=None):
@@ -282,12 +317,13 @@ def base_blocks(model: nn.Module) -> list[tuple[nn.Module, int | None]]:
 def run_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
     """When each module of ``model`` first starts and ends in a forward: module -> (start, end).
 
-    One tiny forward (four tokens, eval mode, no gradient: no dropout, the RNG
+    One tiny forward (:func:`probe_forward`, eval mode, no gradient: no dropout, the RNG
     is untouched, the modes are restored) of the outermost module that takes
     ``input_ids``. Starts count module calls; a module's end is the count when
     its first call returns, before its other forward hooks (a top adapter runs
     in one). Modules that never run (DeBERTa's relative embeddings are read as
-    a weight) are absent.
+    a weight) are absent. On the meta device, a model whose forward reads
+    values gets its definition order instead.
     """
     starts: dict[nn.Module, int] = {}
     ends: dict[nn.Module, int] = {}
@@ -306,14 +342,25 @@ def run_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
         handles.append(m.register_forward_hook(post, prepend=True))
     try:
         probe_forward(model, before_try=lambda: (starts.clear(), ends.clear()))
+    except RuntimeError:
+        if next(model.parameters()).device.type != "meta":
+            raise
+        return _definition_order(model)  # its forward reads values (a mask check, ...)
     finally:
         for h in handles:
             h.remove()
     return {m: (starts[m], ends.get(m, clock[0])) for m in starts}
 
 
+def _definition_order(model: nn.Module) -> dict[nn.Module, tuple[int, int]]:
+    """:func:`run_order` as if modules ran in the order they are defined (on the meta device,
+    for a model whose forward cannot run there)."""
+    position = {m: i for i, m in enumerate(model.modules())}
+    return {m: (i, max(position[d] for d in m.modules())) for m, i in position.items()}
+
+
 def probe_forward(model: nn.Module, before_try=lambda: None) -> None:
-    """One forward of four tokens in eval mode without gradients; the modes are restored.
+    """One forward of eight tokens in eval mode without gradients; the modes are restored.
 
     On the meta device (``validate`` applies methods to a weightless model)
     some mask code reads values: BERT's without a mask, DeBERTa's with one.
@@ -327,7 +374,7 @@ def probe_forward(model: nn.Module, before_try=lambda: None) -> None:
     )
     modes = {m: m.training for m in model.modules()}
     device = next(model.parameters()).device
-    ids = torch.ones(1, 4, dtype=torch.long, device=device)
+    ids = torch.ones(1, 8, dtype=torch.long, device=device)  # Funnel pools it down twice
     tries = [{"attention_mask": torch.ones_like(ids)}, {}]
     try:
         model.eval()

@@ -128,7 +128,8 @@ def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
         # The prompt joins the input embeddings, which can be narrower than the hidden
         # states (DeBERTa's and ELECTRA's embedding_size, projected up in the embeddings).
         token_dim=model.get_input_embeddings().embedding_dim,
-        num_attention_heads=c.num_attention_heads,
+        # Used by peft for prefix-style prompts only; FNet has no attention heads.
+        num_attention_heads=getattr(c, "num_attention_heads", 1),
         num_layers=c.num_hidden_layers,
         **kwargs,
     )
