@@ -316,7 +316,7 @@ def cmd_validate(args) -> int:
     space = load_space(args.space, args.set)
     check_storage(space, space.storage, space.name)
     check_resources(space, None)
-    check_fit(space)
+    config = check_fit(space)
     data = prepare_data(space, progress=False)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(
@@ -331,8 +331,22 @@ def cmd_validate(args) -> int:
     for method in space.methods:
         knobs = space.method_space(method)
         searched = ", ".join(f"{k} ({d.kind})" for k, d in knobs.items() if d.kind != "fixed")
-        print(f"  {method}: {searched or 'nothing searched'}")
+        print(f"  {method}: {searched or 'nothing searched'}{_cache_note(space, method, config)}")
     return 0
+
+
+def _cache_note(space, method: str, config) -> str:
+    """Whether a method's frozen-encoder configurations train on the feature cache, or why not."""
+    from trainables.features import cache_problem
+    from trainables.methods import get_method
+
+    if not space.experiment.feature_cache:
+        return ""
+    frozen = [k for k in space.knob_variants(method) if get_method(method).frozen(k, config)]
+    if not frozen:
+        return ""
+    problem = next((p for k in frozen if (p := cache_problem(method, k, config))), None)
+    return f"; feature cache: not used ({problem})" if problem else "; feature cache: used"
 
 
 def cmd_methods(args) -> int:

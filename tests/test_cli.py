@@ -295,3 +295,33 @@ def test_a_folder_that_is_not_a_run_is_named(command, tmp_path):
     assert f"{folder} is not a peftsearch run (no trials.parquet)" in out.stderr
     assert "Traceback" not in out.stderr and "RAY_STARTED False" in out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-run"]
+
+
+def test_validate_says_which_methods_use_the_feature_cache_and_why_not(
+    tmp_path, tiny_models, topics_tsv
+):
+    """A top adapter on ModernBERT cannot train on the cache, and validate says why; its
+    linear probe can."""
+    space = tiny_space(tiny_models["modernbert"], topics_tsv, tmp_path / "runs")
+    space["methods"] = {
+        "linear_probe": {},
+        "adapter": {"adapter_placement": "top"},
+        "lora": {},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space))
+    out = run_cli(["validate", str(path)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = {ln.split(":")[0].strip(): ln for ln in out.stdout.splitlines()}
+    assert lines["linear_probe"].endswith("feature cache: used")
+    # (the tiny ModernBERT pools by mean: a top module would change the mean it reads)
+    assert "feature cache: not used (its head reads the mean vector" in lines["adapter"]
+    assert "feature cache" not in lines["lora"]
+
+
+@pytest.mark.parametrize("flag", [["--matrix"]])
+def test_methods_matrix_is_printed(tmp_path, flag):
+    out = run_cli(["methods", *flag], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("| model type | full | linear_probe |")
+    assert "| bert | yes | yes |" in out.stdout and "Why not:" in out.stdout
