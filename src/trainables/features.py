@@ -150,14 +150,14 @@ class _Cached(nn.Module):
         return _CachedOutput(last_hidden_state=self.hidden, pooler_output=self.pooled)
 
 
-def tail_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def tail_logits(model: nn.Module, h: torch.Tensor, plan: CachePlan | None = None) -> torch.Tensor:
     """The model's own forward from the cached vector to the logits.
 
     The base model is swapped for one that returns ``h`` as a one-token
     sequence (a first, mean or last token of one token is that token) and as
     the pooler output; the model's head code runs as it does on full inputs.
     """
-    plan = cache_plan(model.config)
+    plan = plan or cache_plan(model.config)
     prefix = model.base_model_prefix
     base = model._modules[prefix]
     pooled = base.pooler(h[:, None]) if plan.pooler_on_top else h
@@ -176,12 +176,13 @@ class FeatureHead(nn.Module):
         super().__init__()
         self.model = model
         self.adapter = getattr(last_layer(model), "top_adapter", None)
+        self.plan = cache_plan(model.config)  # once: it is read at every step
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor | None = None
     ) -> SequenceClassifierOutput:
         h = self.adapter(features) if self.adapter is not None else features
-        logits = tail_logits(self.model, h)
+        logits = tail_logits(self.model, h, self.plan)
         from trainables.metrics import task_loss  # cross-entropy, or MSE for regression
 
         loss = task_loss(logits, labels) if labels is not None else None
