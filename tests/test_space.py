@@ -250,7 +250,8 @@ def test_max_positions_per_architecture(tiny_models):
 
     # all tiny models have max_position_embeddings 64 and pad_token_id 0
     got = {arch: max_positions(load_config(str(p))) for arch, p in tiny_models.items()}
-    assert got == {"bert": 64, "roberta": 63, "distilbert": 64, "deberta-v2": 64, "modernbert": 64}
+    assert got == {"bert": 64, "roberta": 63, "distilbert": 64, "deberta-v2": 64, "modernbert": 64,
+                   "mpnet": 63, "albert": 64}  # fmt: skip
     roberta = load_config(str(tiny_models["roberta"]))
     roberta.pad_token_id = 1  # roberta-base: 514 positions, padding index 1 -> 512 tokens
     roberta.max_position_embeddings = 514
