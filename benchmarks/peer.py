@@ -24,6 +24,7 @@ spread; both bf16 and both fp32: peftsearch faster.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def run_peftsearch(files: dict[str, str], precision: str, seed: int, out: Path) 
     t = res.trials
     return {"best_val_accuracy": float(t["val_accuracy"].max()),
             "trial_s": float(t["wall_time_s"].sum()), "trials": len(t),
+            "methods": t["method"].value_counts().to_dict(),
             "precision_used": sorted(t["precision_used"].dropna().unique().tolist())}  # fmt: skip
 
 
@@ -144,9 +146,11 @@ def run_peer(files: dict[str, str], precision: str, seed: int, out: Path) -> dic
     )  # fmt: skip
     frames_ = best.run_summary.trial_dataframes.values()
     trials = best.run_summary.trials
+    methods = [t.config.get("method") for t in trials]
     return {"best_val_accuracy": float(max(f["objective"].max() for f in frames_)),
             "trial_s": float(sum((t.last_result or {}).get("time_total_s", 0) for t in trials)),
-            "trials": len(trials), "precision_used": [precision]}  # fmt: skip
+            "trials": len(trials), "methods": {m: methods.count(m) for m in set(methods)},
+            "precision_used": [precision]}  # fmt: skip
 
 
 def one(side: str, precision: str, seed: int, files: dict[str, str]) -> dict:
@@ -186,7 +190,7 @@ def main() -> None:
     global TRAIN, VALIDATION, EPOCHS
     if args.quick:
         TRAIN, VALIDATION, EPOCHS, args.seeds = 64, 32, 1, 1
-    rows = []
+    rows, load_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         files = write_data(Path(d), TRAIN, VALIDATION)
         for pairing in args.pairings:
@@ -222,7 +226,9 @@ def main() -> None:
             r["met"] = r["wall_ratio"] < 1.0
     print(table([{k: v for k, v in r.items() if k != "runs"} for r in rows]))
     print(save("peer", {"train": TRAIN, "validation": VALIDATION, "epochs": EPOCHS,
-                        "trials": TRIALS, "seeds": args.seeds, "rows": rows}, args.quick))  # fmt: skip
+                        "trials": TRIALS, "seeds": args.seeds, "rows": rows,
+                        "loadavg_start": [round(x, 2) for x in load_start],
+                        "loadavg_end": [round(x, 2) for x in os.getloadavg()]}, args.quick))  # fmt: skip
 
 
 def argparse_hidden() -> str:

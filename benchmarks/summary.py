@@ -115,6 +115,18 @@ def lines() -> list[tuple[str, str, str, str]]:
                     f"(peftsearch); the trial's own time {own[False][len(own[False]) // 2]:.2f} s "
                     f"-> {own[True][len(own[True]) // 2]:.2f} s (warm imports){_loaded(r)}",
                     "cut the ~6 s fixed start", "yes" if w["fixed_start_s_median"] < 1 else "no"))  # fmt: skip
+    if r := _load("peer"):
+        out.append(("peer", "; ".join(
+            f"{x['pairing']} (peftsearch {x['peftsearch_precision']} vs Trainer "
+            f"{x['peer_precision']}): wall {x['wall_s'][0]:.0f} ± {x['wall_s'][1]:.0f} s vs "
+            f"{x['peer_wall_s'][0]:.0f} ± {x['peer_wall_s'][1]:.0f} s = {x['wall_ratio']:.2f}x, "
+            f"best val accuracy {100 * x['best_val_accuracy'][0]:.1f} ± "
+            f"{100 * x['best_val_accuracy'][1]:.1f} vs {100 * x['peer_best_val_accuracy'][0]:.1f} ± "
+            f"{100 * x['peer_best_val_accuracy'][1]:.1f}"
+            for x in r["rows"]) + f" (mean ± std over {r['seeds']} seeds){_loaded(r)}",
+            "defaults: ≤ 0.5x the Trainer search's wall time, accuracy within the spread; "
+            "both bf16, both fp32: faster",
+            ", ".join(f"{x['pairing']}: {'yes' if x['met'] else 'no'}" for x in r["rows"])))  # fmt: skip
     if r := _load("spot_check"):
         out.append(("spot_check", _spot(r), "every method the support matrix accepts runs on a "
                     "12-layer, 110M encoder; wall time per method",
