@@ -1,6 +1,6 @@
 """Early stopping: accuracy-only ASHA vs Pareto-aware ASHA (each also per method) vs none.
 
-    python benchmarks/early_stopping.py [--quick]
+    python benchmarks/early_stopping.py [--quick] [--schedulers asha pareto_asha ...]
 
 The offline default (MiniLM on BBC News), four methods, 24 trials of 9
 evaluation rounds (3 epochs, 3 evaluations each; ASHA: grace 1, reduction
@@ -18,6 +18,7 @@ than a third of its compute.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -69,10 +70,16 @@ def main() -> None:
     from reports.figure_data import healthy, pareto_front
     from search.space import validate
 
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows, configs = [], {}
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--schedulers", nargs="+", choices=SCHEDULERS, default=None,
+                   help="run only these (none is always run first: the others compare with it)")  # fmt: skip
+    args = p.parse_args()
+    chosen = SCHEDULERS[::2] if args.quick else SCHEDULERS
+    if args.schedulers:
+        chosen = ("none", *[x for x in SCHEDULERS[1:] if x in args.schedulers])
+    rows, configs, load_start = [], {}, os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
-        for scheduler in SCHEDULERS[::2] if args.quick else SCHEDULERS:
+        for scheduler in chosen:
             s = validate(space(d, args.quick, scheduler), f"early-{scheduler}")
             res = search.run(s, name=scheduler.replace(" ", "-"), quiet=True)
             t = res.trials
@@ -103,7 +110,10 @@ def main() -> None:
     print(f"\nthe same configurations under every scheduler: {same}")
     print(f"goal (best within 0.5 points at <= 1/3 of the compute): {met}")
     path = save("early_stopping", {"rows": rows, "goal": "best within 0.5 points at <= 1/3 compute",
-                                   "met": met, "same_configs": same}, args.quick)  # fmt: skip
+                                   "met": met, "same_configs": same,
+                                   "loadavg_start": [round(x, 2) for x in load_start],
+                                   "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+                args.quick)  # fmt: skip
     print(f"wrote {path}")
 
 
