@@ -126,7 +126,8 @@ def lines() -> list[tuple[str, str, str, str]]:
             for x in r["rows"]) + f" (mean ± std over {r['seeds']} seeds){_loaded(r)}",
             "defaults: ≤ 0.5x the Trainer search's wall time, accuracy within the spread; "
             "both bf16, both fp32: faster",
-            ", ".join(f"{x['pairing']}: {'yes' if x['met'] else 'no'}" for x in r["rows"])))  # fmt: skip
+            ", ".join(f"{x['pairing']}: {'yes' if x['met'] else 'no'}{_unresolved(x)}"
+                      for x in r["rows"])))  # fmt: skip
     if r := _load("spot_check"):
         out.append(("spot_check", _spot(r), "every method the support matrix accepts runs on a "
                     "12-layer, 110M encoder; wall time per method",
@@ -134,6 +135,16 @@ def lines() -> list[tuple[str, str, str, str]]:
     if r := _load("gpu"):
         out.append(("gpu", _gpu(r), "measured where a CUDA GPU is available", "measured"))
     return out
+
+
+def _unresolved(x: dict) -> str:
+    """peer: a note where the two sides' wall times differ by less than their spreads together."""
+    gap = abs(x["wall_s"][0] - x["peer_wall_s"][0])
+    return (
+        " (not resolved: the seeds' spread exceeds the gap)"
+        if gap < x["wall_s"][1] + x["peer_wall_s"][1]
+        else ""
+    )
 
 
 def _gpu(r: dict) -> str:
