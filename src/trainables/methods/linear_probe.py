@@ -38,18 +38,13 @@ def _probe_forward(
     from trainables.metrics import task_loss  # cross-entropy, or MSE for regression
 
     base = getattr(self, self.base_model_prefix)
-    if token_type_ids is not None and _takes(base, "token_type_ids"):
+    if token_type_ids is not None and self.probe_token_types:
         kwargs["token_type_ids"] = token_type_ids
     out = base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
     vector = pick_vector(self.probe_reads, out, attention_mask)
     logits = self.probe(self.probe_dropout(vector))
     loss = task_loss(logits, labels) if labels is not None else None
     return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-def _takes(module: nn.Module, name: str) -> bool:
-    params = inspect.signature(module.forward).parameters
-    return name in params
 
 
 def _last_layer(model: nn.Module, heads: list[str]) -> nn.Linear:
@@ -83,6 +78,9 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     for h in heads:
         delattr(model, h)
     model.probe_dropout, model.probe, model.probe_reads = dropout, last, reads
+    # Read once here, not at every step: whether the base model takes segment ids.
+    base = getattr(model, model.base_model_prefix)
+    model.probe_token_types = "token_type_ids" in inspect.signature(base.forward).parameters
     model.forward = types.MethodType(_probe_forward, model)
     return freeze_base(model)
 
