@@ -57,7 +57,11 @@ def _one(
     def on_eval(metrics: dict, get_state) -> None:
         rounds.append((metrics["step"], metrics[metric]))
 
-    out = run_trial(flat, data, model_name, on_eval, cpus=cpus, test=True, metric=metric, mode=mode)
+    # costs=False: the search measured them; confirm retrains for the test figures only.
+    out = run_trial(
+        flat, data, model_name, on_eval, cpus=cpus, test=True, metric=metric, mode=mode,
+        costs=False,
+    )  # fmt: skip
     keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
             "total_params", "test_step", "test_evaluations")  # fmt: skip
     per_class, confusion = out.get("test_per_class"), out.get("test_confusion")

@@ -31,7 +31,15 @@ from search.preflight import (
     wants_features,
 )
 from search.rundir import RUN_FILE, SPACE_FILE, RunDir
-from search.space import Space, SpaceError, apply_overrides, check_name, load_space, validate
+from search.space import (
+    COST,
+    Space,
+    SpaceError,
+    apply_overrides,
+    check_name,
+    load_space,
+    validate,
+)
 from trainables import checkpoint
 from trainables.data import PreparedData
 
@@ -85,7 +93,7 @@ def make_searcher(space: Space):
                 group=True,
                 n_startup_trials=max(2, min(10, n // 3)),
             )
-    objectives = space.objectives
+    objectives = [space.metric, *space.search.costs]  # result keys (aliases resolved)
     if len(objectives) == 1:
         metric, mode = objectives[0], objective_mode(objectives[0])
     else:  # Optuna's multi-objective mode: lists go on the searcher only
@@ -105,7 +113,8 @@ def make_searcher(space: Space):
 def make_scheduler(space: Space):
     """ASHA, Pareto-aware ASHA, or none (FIFO), measured in evaluation rounds.
 
-    ``per_method``: rungs per method (``search.schedulers.ParetoASHA`` with
+    Pareto-ASHA keeps the front on the search's cost objectives (trainable
+    parameters when it names none). ``per_method``: rungs per method (``search.schedulers.ParetoASHA`` with
     ``group_by="method"``, accuracy-only for ``asha``).
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -126,7 +135,7 @@ def make_scheduler(space: Space):
         return ParetoASHA(
             metric=space.metric,
             mode=space.mode,
-            cost="trainable_params" if kind == "pareto_asha" else None,
+            cost=(space.search.costs or [COST]) if kind == "pareto_asha" else None,
             group_by="method" if per_method else None,
             **args,
         )

@@ -19,6 +19,9 @@ import pandas as pd
 
 from reports.figure_data import DEFAULT_RANKING
 from search.rundir import CONFIRM_FILE, CURVES_FILE, FIGURE_FILE, REPORT_FILE, TRIALS_FILE, RunDir
+from search.space import COST
+from trainables.costs import COSTS
+from trainables.costs import column as cost_column
 from trainables.loop import LOG_SHARED_KNOBS, SHARED_COLUMNS
 from trainables.methods import METHODS
 from trainables.trial import flat_config
@@ -31,6 +34,8 @@ KNOB_COLUMNS = sorted({k.name for m in METHODS.values() for k in m.knobs})
 # report reads (reports/ does not import trainables).
 LOG_KNOBS = sorted({*LOG_SHARED_KNOBS, *(k for m in METHODS.values() for k in m.log_knobs())})
 VERSION_PACKAGES = ("peftsearch", "torch", "transformers", "peft", "ray", "optuna")
+# What each trial costs to serve and to train (trainables.costs), measured: its last result's.
+COST_COLUMNS = [c for c in COSTS if c != "trainable_params"]
 
 
 @dataclass
@@ -139,6 +144,9 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
                 trial.status == "TERMINATED" and planned is not None and iterations < planned
             ),
             "wall_time_s": last.get("time_total_s"),
+            "ended_at": last.get("timestamp"),  # when its last result came: completion order
+            **{c: last.get(c) for c in COST_COLUMNS},
+            "costs_reused": last.get("costs_reused"),  # measured by another trial of its structure
             "feature_cache": last.get("feature_cache"),
             "precision_used": last.get("precision_used"),  # what precision: auto chose
             "data_splits": last.get("data_splits"),  # what the trial was given: never test
@@ -233,7 +241,7 @@ def _trial_columns(metric: str) -> list[str]:
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", *ranked, "best_iteration",
         "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "feature_cache", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 
@@ -243,6 +251,12 @@ def _run_meta(run: RunDir, space, data) -> dict[str, Any]:
     if space is not None:
         meta.update(model=space.model, dataset=space.dataset.describe(), seed=space.seed)
         meta.update(metric=space.metric, metric_mode=space.mode)  # see figure_data.ranking
+        # What the search optimised, as named and as the columns of this table, and each mode.
+        objectives = space.objectives if len(space.objectives) > 1 else [space.metric, COST]
+        columns = [space.metric, *[cost_column(o) for o in objectives[1:]]]
+        meta["objectives"] = json.dumps(objectives)
+        meta["objective_columns"] = json.dumps(columns)
+        meta["objective_modes"] = json.dumps([space.mode] + ["min"] * (len(columns) - 1))
         meta["resources"] = json.dumps(asdict(space.resources))
     if data is not None:
         meta.update({k: v for k, v in data.meta.items() if k.startswith("n_")})

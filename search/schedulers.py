@@ -33,9 +33,13 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 
-def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether point ``a`` = (accuracy, cost) dominates ``b``: no worse in both, better in one."""
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether point ``a`` = (accuracy, cost, ...) dominates ``b``: no worse in any, better in one.
+
+    Accuracy is maximised, each cost after it minimised.
+    """
+    no_worse = a[0] >= b[0] and all(x <= y for x, y in zip(a[1:], b[1:]))
+    return no_worse and (a[0] > b[0] or any(x < y for x, y in zip(a[1:], b[1:])))
 
 
 class ParetoASHA(FIFOScheduler):
@@ -44,8 +48,9 @@ class ParetoASHA(FIFOScheduler):
     Args:
         metric: the accuracy-like result key (higher is better with ``mode="max"``).
         mode: ``"max"`` or ``"min"`` for ``metric``.
-        cost: the result key to minimise, reported with every result; ``None``
-            for accuracy-only ASHA (useful with ``group_by``).
+        cost: the result key to minimise, reported with every result, or several
+            (the search's cost objectives: ``trainable_params``, ``infer_ms_b1``, ...);
+            ``None`` for accuracy-only ASHA (useful with ``group_by``).
         group_by: a result key (``"method"``): trials with different values of it
             never compete; ``None`` for one set of rungs.
         time_attr, max_t, grace_period, reduction_factor: as ``ASHAScheduler``.
@@ -55,7 +60,7 @@ class ParetoASHA(FIFOScheduler):
         self,
         metric: str = "val_accuracy",
         mode: str = "max",
-        cost: str | None = "trainable_params",
+        cost: str | list[str] | tuple[str, ...] | None = "trainable_params",
         group_by: str | None = None,
         time_attr: str = "training_iteration",
         max_t: int = 100,
@@ -67,13 +72,14 @@ class ParetoASHA(FIFOScheduler):
         if not (0 < grace_period <= max_t) or reduction_factor <= 1:
             raise ValueError("need 0 < grace_period <= max_t and reduction_factor > 1")
         super().__init__()
-        self._metric, self._mode, self._cost, self._group_by = metric, mode, cost, group_by
+        costs = [cost] if isinstance(cost, str) else list(cost or [])
+        self._metric, self._mode, self._cost, self._group_by = metric, mode, costs, group_by
         self._sign = 1.0 if mode == "max" else -1.0
         self._time_attr, self._max_t, self._rf = time_attr, max_t, reduction_factor
         n_rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
         self._milestones = [grace_period * reduction_factor**k for k in range(n_rungs)]
-        # (group, milestone) -> {trial_id: (signed metric, cost)}
-        self._rungs: dict[tuple[str | None, float], dict[str, tuple[float, float]]] = {}
+        # (group, milestone) -> {trial_id: (signed metric, *costs)}
+        self._rungs: dict[tuple[str | None, float], dict[str, tuple[float, ...]]] = {}
         self.num_stopped = 0
         self.kept_by_front = 0  # trials accuracy-only ASHA would have stopped
 
@@ -87,15 +93,17 @@ class ParetoASHA(FIFOScheduler):
         t = result[self._time_attr]
         if t >= self._max_t:
             return TrialScheduler.CONTINUE  # the trial ends by itself
-        cost = float(result.get(self._cost, np.inf)) if self._cost else 0.0
+        # A cost a result lacks (or None: not measurable here) counts as the worst.
+        costs = [result.get(c) for c in self._cost]
+        costs = [np.inf if c is None else float(c) for c in costs]
         group = str(result.get(self._group_by)) if self._group_by else None
-        action = self._decide(trial.trial_id, t, (self._sign * result[self._metric], cost), group)
+        action = self._decide(trial.trial_id, t, (self._sign * result[self._metric], *costs), group)
         if action == TrialScheduler.STOP:
             self.num_stopped += 1
         return action
 
     def _decide(
-        self, trial_id: str, t: float, point: tuple[float, float], group: str | None = None
+        self, trial_id: str, t: float, point: tuple[float, ...], group: str | None = None
     ) -> str:
         """Record ``point`` at the highest rung ``t`` has reached in ``group``; stop or continue."""
         reached = [m for m in self._milestones if t >= m]
@@ -137,9 +145,9 @@ class ParetoASHA(FIFOScheduler):
         from trainables.atomic import atomic_write
 
         state = {k: getattr(self, k) for k in self._STATE}
-        # JSON has no tuple keys: each rung is [group, milestone, {trial_id: [metric, cost]}].
+        # JSON has no tuple keys: each rung is [group, milestone, {trial_id: [metric, *costs]}].
         state["rungs"] = [
-            [group, milestone, {t: [float(a), float(c)] for t, (a, c) in points.items()}]
+            [group, milestone, {t: [float(v) for v in p] for t, p in points.items()}]
             for (group, milestone), points in self._rungs.items()
         ]
         text = json.dumps({"format": "peftsearch.ParetoASHA/1", **state})
@@ -154,7 +162,9 @@ class ParetoASHA(FIFOScheduler):
         for k in self._STATE:
             if k in state:
                 setattr(self, k, state[k])
+        if isinstance(self._cost, str):  # saved before several costs: one name
+            self._cost = [self._cost]
         self._rungs = {
-            (group, milestone): {t: (a, c) for t, (a, c) in points.items()}
+            (group, milestone): {t: tuple(p) for t, p in points.items()}
             for group, milestone, points in state["rungs"]
         }

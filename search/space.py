@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from trainables.costs import column as cost_column
+from trainables.costs import objective_names
 from trainables.data import BUILTIN_DATASETS, DatasetSpec, Split
 from trainables.loop import SHARED_KNOBS, TrainConfig
 from trainables.methods import METHODS
@@ -89,12 +91,15 @@ methods:                      # method -> its knobs (peftsearch methods), and sh
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
 search:
   searcher: tpe               # tpe | random | grid (grid: choices and fixed values only)
-  objectives: null            # [val_<metric>] (experiment.metric), or [val_<metric>,
-                              #   trainable_params]: multi-objective Optuna
+  objectives: null            # [val_<metric>] (experiment.metric), or it and one or two costs
+                              #   to minimise: [val_accuracy, infer_latency_ms], ... (peftsearch
+                              #   costs): multi-objective Optuna and Pareto-ASHA take them
   num_samples: 8              # trials (grid: every combination once instead)
   time_budget_s: null         # stop the search after this many seconds
   max_concurrent: null        # trials at once; default: as many as the resources fit
   max_failures: 0             # retries of a failed trial, from its last checkpoint
+  warm_start: null            # earlier run folders (paths or URIs) whose configurations and
+                              #   results seed this search (README: Warm starts)
 scheduler:
   type: asha                  # asha | pareto_asha (keeps the rung's metric/params front) | none
   grace_period: 1             # evaluation rounds before the first cut
@@ -109,13 +114,14 @@ A distribution is a mapping with one key: {choice: [a, b]}, {int: [lo, hi]},
 SEARCHERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "pareto_asha", "none")
 # A search's first objective is val_<experiment.metric>, its ranking metric (ASHA,
-# checkpoints, "best" rank by it); a second can be the cost, minimised.
-COST = "trainable_params"
+# checkpoints, "best" rank by it); one or two costs (trainables.costs) can follow, minimised.
+COST = "trainable_params"  # the cost Pareto-ASHA and the report use when no objective names one
+MAX_COSTS = 2
 
 
 def objective_mode(objective: str) -> str:
-    """``max`` or ``min`` for an objective: ``val_<metric>`` or the cost."""
-    return "min" if objective == COST else mode_of(objective)
+    """``max`` or ``min`` for an objective: ``val_<metric>`` or a cost."""
+    return "min" if objective in objective_names() else mode_of(objective)
 
 
 class SpaceError(ValueError):
@@ -392,34 +398,37 @@ class Search:
     """``search``: the searcher, its objectives, budget and retries."""
 
     searcher: str = "tpe"
-    # One objective (val_<experiment.metric>) or two: [val_<metric>, trainable_params];
+    # val_<experiment.metric>, then up to two costs: [val_<metric>, infer_latency_ms];
     # None: [val_<metric>].
     objectives: list[str] | None = None
     num_samples: int = 8
     time_budget_s: float | None = None
     max_concurrent: int | None = None
     max_failures: int = 0  # retries of a failed trial, from its last checkpoint
+    # Earlier runs (folders or URIs) to warm-start from; search.warmstart matches and reuses.
+    warm_start: list[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
             self.objectives = [self.objectives]
+        if isinstance(self.warm_start, str):
+            self.warm_start = [self.warm_start]
 
     def problems(self) -> Problems:
         out: Problems = []
         if self.searcher not in SEARCHERS:
             out.append(("search.searcher", f"one of {list(SEARCHERS)}, got {self.searcher!r}"))
         obj = self.objectives
-        if obj is not None and not (isinstance(obj, list) and 1 <= len(obj) <= 2):
+        if obj is not None and not (isinstance(obj, list) and 1 <= len(obj) <= 1 + MAX_COSTS):
             out.append(
                 (
                     "search.objectives",
-                    f"a list of one or two objectives, e.g. [val_accuracy, trainable_params]; got {obj!r}",
+                    "a list: the ranking metric, then up to two costs to minimise, e.g. "
+                    f"[val_accuracy, infer_latency_ms]; got {obj!r}",
                 )
             )
-        elif obj is not None and len(obj) == 2 and obj[1] != COST:
-            out.append(
-                ("search.objectives", f"the second objective can only be {COST}, got {obj[1]!r}")
-            )
+        elif obj is not None:
+            out += _cost_problems(obj[1:])
         if not _is_count(self.num_samples, 1):
             out.append(("search.num_samples", f"must be an integer >= 1, got {self.num_samples!r}"))
         tb = self.time_budget_s
@@ -438,12 +447,47 @@ class Search:
                     f"got {self.max_failures!r}",
                 )
             )
+        out += self.warm_start_problems()
         return out
+
+    def warm_start_problems(self) -> Problems:
+        """``warm_start``: run folders (paths or URIs), each once; a grid has no searcher to seed.
+        Whether each is a run that fits is checked once the data is read (search.warmstart)."""
+        ws = self.warm_start
+        if ws is None:
+            return []
+        if not (isinstance(ws, list) and ws and all(isinstance(w, str) and w.strip() for w in ws)):
+            return [
+                (
+                    "search.warm_start",
+                    "a list of earlier run folders (local paths or URIs such as s3://bucket/runs/"
+                    f"name), e.g. [runs/sst2]; or null for a cold start; got {ws!r}",
+                )
+            ]
+        out: Problems = []
+        if len(set(ws)) < len(ws):
+            out.append(("search.warm_start", f"a run is listed twice: {ws!r}"))
+        if self.searcher == "grid":
+            out.append(
+                (
+                    "search.warm_start",
+                    "a grid runs every combination and has no searcher to warm-start: use "
+                    "searcher tpe or random, or drop warm_start",
+                )
+            )
+        return out
+
+    @property
+    def costs(self) -> list[str]:
+        """The cost objectives as trials-table columns (``infer_latency_ms`` -> ``infer_ms_b1``)."""
+        return [cost_column(o) for o in (self.objectives or [])[1:]]
 
     def objective_problems(self, metric: str) -> Problems:
         """The first objective is the ranking metric, ``val_<experiment.metric>``: one owner."""
         obj = self.objectives
-        if not (isinstance(obj, list) and 1 <= len(obj) <= 2) or obj[0] == metric_key(metric):
+        if not (isinstance(obj, list) and 1 <= len(obj) <= 1 + MAX_COSTS) or obj[0] == metric_key(
+            metric
+        ):
             return []
         return [
             (
@@ -715,6 +759,28 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         raise SpaceError(source, problems)
     name = exp.name or Path(source).stem
     return Space(source, name, exp, train, methods, search, scheduler, resources, storage, raw)
+
+
+def _cost_problems(costs: list[Any]) -> Problems:
+    """Each cost objective is a measured cost (the list of them in the message), named once."""
+    import difflib
+
+    out: Problems = []
+    valid = objective_names()
+    for name in costs:
+        if name not in valid:
+            near = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            out.append(
+                (
+                    "search.objectives",
+                    f"{name!r} is not a measured cost{hint}; a cost objective is one of {valid}",
+                )
+            )
+    columns = [cost_column(c) for c in costs if c in valid]
+    if len(set(columns)) < len(columns):
+        out.append(("search.objectives", f"a cost is named twice: {costs!r}"))
+    return out
 
 
 def _is_count(v: Any, low: int) -> bool:

@@ -159,6 +159,19 @@ def test_every_row_of_both_tables_carries_its_provenance(finished_run):
     assert json.loads(curves["versions"].iloc[0])["ray"]
 
 
+def test_every_trial_row_carries_what_it_costs(finished_run):
+    from search.results import COST_COLUMNS
+
+    res, _ = finished_run
+    trials, _ = search.load_results(res.run_dir)
+    for col in COST_COLUMNS:
+        assert trials[col].notna().all() and (trials[col] > 0).all(), col
+    # Nothing to merge in full fine-tuning: as trained is as served.
+    full = trials[trials["method"] == "full"]
+    assert (full["infer_ms_b1"] == full["infer_ms_b1_unmerged"]).all()
+    assert trials["ended_at"].notna().all()
+
+
 def test_results_command_prints_the_tables(finished_run, capsys):
     res, _ = finished_run
     assert main(["results", str(res.run_dir), "--top", "3"]) == 0
@@ -175,7 +188,7 @@ def test_multi_objective_search_with_pareto_asha(ray_local, tmp_path, tiny_bert,
     # Keyword overrides: "__" for the dots of a key path.
     res = search.run(
         path,
-        search__objectives=["val_accuracy", "trainable_params"],
+        search__objectives=["val_accuracy", "infer_latency_ms"],
         scheduler__type="pareto_asha",
         train__epochs=2,
     )
@@ -191,8 +204,10 @@ def test_multi_objective_search_with_pareto_asha(ray_local, tmp_path, tiny_bert,
     assert states.count("COMPLETE") == int((~t["stopped_early"]).sum())
     front = {tuple(tr.values) for tr in study.best_trials}
     done = t[~t["stopped_early"]]
-    # Optuna was told each trial's best round (trials.parquet's val_accuracy), not its last.
-    assert front <= set(zip(done["val_accuracy"], done["trainable_params"]))
+    # Optuna was told each trial's best round (trials.parquet's val_accuracy), not its last,
+    # and the latency objective is the batch-1 merged latency column.
+    assert front <= set(zip(done["val_accuracy"], done["infer_ms_b1"]))
+    assert json.loads(t["objective_columns"].iloc[0]) == ["val_accuracy", "infer_ms_b1"]
 
 
 def test_time_budget_ends_the_search_as_finished(ray_local, tmp_path, tiny_bert, topics_tsv):

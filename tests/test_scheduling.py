@@ -82,6 +82,44 @@ def test_pareto_asha_stops_what_asha_stops_unless_on_the_front():
     assert dominates((0.9, 10), (0.9, 20)) and not dominates((0.9, 10), (0.9, 10))
 
 
+def test_pareto_asha_keeps_the_front_on_the_searchs_cost_objectives():
+    # (accuracy, latency ms, artifact MB): a slower but smaller trial is on the 3-D front.
+    s = ParetoASHA(cost=["infer_ms_b1", "artifact_mb"], max_t=8, grace_period=1, reduction_factor=2)
+    assert s._decide("full", 1, (0.9, 10.0, 90.0)) == "CONTINUE"
+    assert s._decide("lora", 1, (0.8, 14.0, 1.0)) == "CONTINUE"  # slower, but 90x smaller
+    assert s._decide("worse", 1, (0.7, 14.0, 1.0)) == "STOP"  # dominated by lora in all three
+    assert s.kept_by_front == 1
+    assert dominates((0.9, 1.0, 1.0), (0.9, 1.0, 2.0)) and not dominates((0.9, 1, 3), (0.8, 2, 2))
+
+    # A result without a cost (not measurable here) counts as the worst on it, not as free.
+    class T:
+        trial_id = "x"
+
+    r = {"training_iteration": 1, "val_accuracy": 0.95, "infer_ms_b1": None, "artifact_mb": 1.0}
+    assert s.on_trial_result(None, T(), r) == "CONTINUE"  # most accurate: ASHA's own rule
+    assert s._rungs[(None, 1)]["x"] == (0.95, float("inf"), 1.0)
+
+
+def test_the_search_objectives_reach_the_scheduler_and_optuna():
+    from search.driver import make_scheduler, make_searcher
+    from search.space import validate
+
+    methods = {"full": {}, "lora": {}}
+    objectives = ["val_accuracy", "infer_latency_ms", "artifact_mb"]
+    space = validate(
+        {
+            "methods": methods,
+            "search": {"objectives": objectives},
+            "scheduler": {"type": "pareto_asha"},
+        }
+    )
+    assert make_scheduler(space)._cost == ["infer_ms_b1", "artifact_mb"]
+    searcher = make_searcher(space)
+    assert searcher.metric == ["val_accuracy", "infer_ms_b1", "artifact_mb"]
+    assert searcher.mode == ["max", "min", "min"]
+    assert len(searcher._ot_study.directions) == 3
+
+
 def test_per_method_rungs_judge_a_trial_only_against_its_own_method():
     # Accuracy-only rungs per method: a slow-starting full fine-tuning trial is not cut by a
     # linear probe that is near its best after one round.
@@ -110,7 +148,7 @@ def test_per_method_asha_in_tune_and_from_a_space(ray_local, tiny_bert, topics_t
     per = run_order(ParetoASHA(cost=None, group_by="method", **asha_args()), order)
     assert plain == {"cheap": 4, "bad_full": 1}  # 0.40 < 0.50 at the first rung
     assert per == {"cheap": 4, "bad_full": 4}  # alone among its own method
-    for kind, cost in (("asha", None), ("pareto_asha", "trainable_params")):
+    for kind, cost in (("asha", []), ("pareto_asha", ["trainable_params"])):
         space = tiny_space(tiny_bert, topics_tsv, tmp_path, methods=["lora"],
                            scheduler={"type": kind, "per_method": True})  # fmt: skip
         sched = make_scheduler(validate(space))

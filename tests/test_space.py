@@ -74,7 +74,27 @@ BROKEN = [
     ("experiment.task", "ranking", "experiment.task", "regression"),
     ("experiment.positive_label", "yes", "experiment.positive_label", "metric: f1"),
     ("search.objectives", "[val_accuracy, val_loss]", "search.objectives", "trainable_params"),
-    ("search.objectives", "[]", "search.objectives", "one or two"),
+    ("search.objectives", "[val_accuracy, val_loss]", "search.objectives", "not a measured cost"),
+    ("search.objectives", "[]", "search.objectives", "up to two costs"),
+    (
+        "search.objectives",
+        "[val_accuracy, infer_latncy_ms]",
+        "search.objectives",
+        "infer_latency_ms?",
+    ),
+    ("search.objectives", "[val_accuracy, gpu_hours]", "search.objectives", "artifact_mb"),
+    (
+        "search.objectives",
+        "[val_accuracy, infer_ms_b1, infer_latency_ms]",
+        "search.objectives",
+        "named twice",
+    ),
+    (
+        "search.objectives",
+        "[val_accuracy, trainable_params, artifact_mb, infer_ms_b1]",
+        "search.objectives",
+        "up to two costs",
+    ),
     ("search.time_budget_s", "0", "search.time_budget_s", "seconds > 0"),
     ("search.max_failures", "-1", "search.max_failures", ">= 0"),
     ("search.max_concurrent", "0", "search.max_concurrent", ">= 1"),
@@ -137,6 +157,9 @@ def test_the_metric_owns_the_objectives_and_must_fit_the_task():
     assert space.objectives == ["val_mcc"] and (space.metric, space.mode) == ("val_mcc", "max")
     two = ["experiment.metric=mcc", "search.objectives=[val_mcc, trainable_params]"]
     assert validate(apply_overrides(BASE, two)).objectives == ["val_mcc", "trainable_params"]
+    three = ["search.objectives=[val_accuracy, infer_latency_ms, artifact_mb]"]
+    space = validate(apply_overrides(BASE, three))
+    assert space.search.costs == ["infer_ms_b1", "artifact_mb"]  # the alias resolved
     loss = validate(apply_overrides(BASE, ["experiment.metric=loss"]))
     assert (loss.metric, loss.mode) == ("val_loss", "min")
     # Regression ranks by pearson unless told otherwise; a classification metric does not fit.

@@ -10,6 +10,7 @@ handed to ``on_eval`` - Ray Tune's report in a search, a print in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -252,6 +253,7 @@ def train(
     resume: dict | None = None,
     metric: str = "accuracy",
     positive: int | None = None,
+    gate: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (only its trainable parameters) and evaluate periodically.
 
@@ -262,7 +264,11 @@ def train(
     ``best_val_metric``.
     Nothing waits for the device per step: the loss is summed on the device and
     checked for NaN/inf every ``FINITE_EVERY`` steps and at each evaluation.
+    ``gate``: a context held around each step and evaluation
+    (:meth:`trainables.costs.DeviceGate.training`), so cost measurements of
+    other trials get the device to themselves.
     """
+    gate = gate or contextlib.nullcontext
     device = next(model.parameters()).device
     precision = amp.resolve(cfg.precision, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
@@ -285,26 +291,39 @@ def train(
     started = time.perf_counter() - elapsed
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum, loss_n, metrics = torch.zeros((), device=device), 0, {}
+    # train_step_ms: training time between evaluations (evaluation not counted) per step, from
+    # the end of the first step on (its allocations and first kernel calls are warm-up).
+    timed_from, timed_step, eval_s = None, step, 0.0
+    session_started, first_step = time.perf_counter(), step
     orders: dict[int, np.ndarray] = {}
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         if epoch not in orders:
             orders = {epoch: epoch_order(cfg.seed, epoch, len(train_data))}
         idx = orders[epoch][offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-        with amp.autocast(device, precision):
+        with gate(), amp.autocast(device, precision):
             loss = model(**collate(train_data, idx, pad_id, device)).loss
-        optimizer_step(loss, params, optimizer, scaler, cfg.max_grad_norm)
+            optimizer_step(loss, params, optimizer, scaler, cfg.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss_sum += loss.detach().float()
         loss_n += 1
+        if timed_from is None and step < total:
+            _sync(device)  # once per trial: the timed span starts after the first step
+            timed_from, timed_step = time.perf_counter(), step
         if step % FINITE_EVERY == 0 or step in evals:
-            check_finite(loss_sum, step - loss_n + 1, step)
+            check_finite(loss_sum, step - loss_n + 1, step)  # waits for the device
         if step in evals:
-            metrics = evaluate(
-                model, val_data, cfg.eval_batch_size, pad_id, precision, metric, positive
-            )
+            eval_started = time.perf_counter()
+            if timed_from is not None and step > timed_step:
+                step_ms = 1000 * (eval_started - timed_from - eval_s) / (step - timed_step)
+            else:  # the first step is all there is yet: its time, warm-up included
+                step_ms = 1000 * (eval_started - session_started) / max(1, step - first_step)
+            with gate():
+                metrics = evaluate(
+                    model, val_data, cfg.eval_batch_size, pad_id, precision, metric, positive
+                )
             if improves(metrics[key(metric)], best, mode_of(key(metric))):
                 best = metrics[key(metric)]
             metrics.update(
@@ -314,10 +333,17 @@ def train(
                 time_s=time.perf_counter() - started,
                 best_val_metric=best,
                 precision_used=precision,
+                train_step_ms=step_ms,
             )
             loss_sum, loss_n = torch.zeros((), device=device), 0
             on_eval(metrics, state_getter(model, optimizer, scheduler, cfg, metrics, best))
+            eval_s += time.perf_counter() - eval_started
     return metrics
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def optimizer_step(loss: torch.Tensor, params, optimizer, scaler, max_grad_norm: float) -> None:

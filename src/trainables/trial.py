@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trainables import checkpoint as checkpoint_format
+from trainables import costs as cost_measures
 from trainables import precision as amp
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
@@ -82,6 +83,8 @@ def run_trial(
     test: bool = False,
     metric: str | None = None,
     mode: str | None = None,
+    costs: bool = True,
+    cost_scope: str | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; every evaluation goes to ``on_eval``.
 
@@ -97,6 +100,10 @@ def run_trial(
     ``test_accuracy`` and ``test_<metric>``, per-label figures
     (``test_per_class``, ``test_confusion``: classification), ``test_step``
     (the round's step) and ``test_evaluations`` (1) in the result.
+    With ``costs``, every result carries what the configuration costs
+    (:mod:`trainables.costs`): the inference figures measured once before
+    training (reused from another trial of the same structure in the same
+    ``cost_scope``), ``train_step_ms`` and ``train_peak_mb``.
     """
     if test and "test" not in data.splits:
         raise ValueError("test=True needs data with a test split")
@@ -107,6 +114,11 @@ def run_trial(
     method, knobs, cfg = split_config(flat_config)
     started = time.perf_counter()
     model = build_model(model_name, data, method, knobs, cfg.seed)
+    # Before the first report (Pareto-ASHA compares costs from the first rung), on the whole
+    # model: a probe on cached features still runs the encoder when it serves.
+    measured = (
+        _measure_costs(model, method, knobs, model_name, data, cfg, cost_scope) if costs else {}
+    )
     cached = data.features is not None and uses_cache(method, knobs, model.config)
     if cached:
         # Only the top trains: run it on the frozen encoder's cached outputs.
@@ -124,10 +136,14 @@ def run_trial(
         "feature_cache": cached,
         "data_splits": given,
         "setup_s": time.perf_counter() - started,
+        **measured,
     }
     best: dict[str, Any] = {"score": None, "step": None, "state": None, "accuracy": None}
+    memory = cost_measures.TrainMemory(model) if costs else None
 
     def report(metrics: dict, get_state) -> None:
+        if memory is not None:
+            metrics = {**metrics, "train_peak_mb": memory.mb()}
         if improves(metrics[metric], best["score"], mode):
             best.update(score=metrics[metric], step=metrics["step"])
             if test:
@@ -138,11 +154,14 @@ def run_trial(
         on_eval({**metrics, **fixed}, get_state)
 
     name, splits = metric.removeprefix("val_"), data.splits
+    gate = cost_measures.DeviceGate(next(model.parameters()).device).training if costs else None
     last = train(
         model, splits["train"], splits["validation"], cfg, pad_id, report, resume, name,
-        data.scoring.positive,
+        data.scoring.positive, gate,
     )  # fmt: skip
     out = {**last, **fixed, "best_score": best["score"], "best_step": best["step"]}
+    if memory is not None:
+        out["train_peak_mb"] = memory.mb()
     out["best_val_accuracy"] = best["accuracy"]  # classification; None for regression
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
@@ -152,6 +171,27 @@ def run_trial(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
     return out
+
+
+def _measure_costs(model, method: str, knobs: dict, model_name: str, data: PreparedData,
+                   cfg: TrainConfig, scope: str | None) -> dict[str, Any]:  # fmt: skip
+    """The inference costs of the freshly built model, once per structure and ``scope``."""
+    device = next(model.parameters()).device
+    precision = amp.resolve(cfg.precision, device)
+    max_length = int(data.meta.get("max_length") or 128)
+    started = time.perf_counter()
+
+    def measure() -> dict[str, Any]:
+        return cost_measures.measure_inference(
+            model, method, knobs, model_name, data.label_names, max_length, precision
+        )
+
+    if scope is None:
+        out = {**measure(), "costs_reused": False}
+    else:
+        key = cost_measures.structure_key(model, method, precision, max_length)
+        out = cost_measures.cached_costs(key, scope, measure)
+    return {**out, "costs_s": time.perf_counter() - started}
 
 
 def _test(model, data: PreparedData, cfg: TrainConfig, metric: str) -> dict[str, Any]:
@@ -252,4 +292,9 @@ def tune_trainable(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         _injected_fault(flat["method"], rounds, restored=resume is not None)
 
-    run_trial(flat, data, model_name, on_eval, cpus=cpus, resume=resume, metric=metric, mode=mode)
+    # Costs are measured once per model structure in this search (this driver's Ray job).
+    scope = f"{ctx.get_job_id()}:{tune.get_context().get_experiment_name()}"
+    run_trial(
+        flat, data, model_name, on_eval, cpus=cpus, resume=resume, metric=metric, mode=mode,
+        cost_scope=scope,
+    )  # fmt: skip
