@@ -3,14 +3,64 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 # Keys of a trial's config that are not knobs worth showing.
 _HIDDEN = {"method", "eval_batch_size", "seed"}
 # Runs written before the ranking metric was recorded ranked by validation accuracy.
 DEFAULT_RANKING = ("val_accuracy", "max")
+# The cost a run's front is drawn against when the run names none (older runs, one objective).
+DEFAULT_COST = "trainable_params"
+# Objective names the search accepts for a trials-table column of another name.
+OBJECTIVE_ALIASES = {"infer_latency_ms": "infer_ms_b1"}
+# What each cost column of the trials table measures, for axis titles and tables.
+COST_TITLES = {
+    "trainable_params": "trainable parameters",
+    "trainable_fraction": "trainable parameters (%)",
+    "infer_ms_b1": "inference latency, merged (ms per example, batch 1)",
+    "infer_ms_b1_unmerged": "inference latency, unmerged (ms per example, batch 1)",
+    "infer_ms_b32": "inference latency, merged (ms per example, batch 32)",
+    "infer_ms_b32_unmerged": "inference latency, unmerged (ms per example, batch 32)",
+    "infer_peak_mb": "inference peak memory (MiB, batch 32)",
+    "artifact_mb": "exported model size (MiB)",
+    "train_step_ms": "training step (ms)",
+    "train_peak_mb": "training peak memory (MiB)",
+}
+# The Pareto plot's x axes, in button order: (column, button label, axis type). An axis is
+# offered only where its column has values (runs before the costs were measured have none).
+PARETO_AXES = (
+    ("trainable_params", "trainable parameters", "log"),
+    # Drawn in %: fractions span decades (a head alone to the whole model), hence log too.
+    ("trainable_fraction", "trainable %", "log"),
+    ("infer_ms_b1", "latency (merged)", "linear"),
+    ("infer_ms_b1_unmerged", "latency (unmerged)", "linear"),
+    ("infer_peak_mb", "inference memory", "linear"),
+    ("artifact_mb", "artifact size", "linear"),
+)
+# The deployment table's cost columns: serving first, then training.
+DEPLOYMENT_COLUMNS = (
+    "infer_ms_b1", "infer_ms_b32", "infer_ms_b1_unmerged", "infer_ms_b32_unmerged",
+    "infer_peak_mb", "artifact_mb", "trainable_params", "train_step_ms", "train_peak_mb",
+)  # fmt: skip
+# Knob importance needs this many finished trials of a method: below it, a forest fitted to
+# a handful of points ranks knobs by noise.
+MIN_IMPORTANCE_TRIALS = 5
+# fANOVA's forest, smaller than Optuna's default (64 trees, depth 64): the shares move by about
+# 0.02 while the importances of a 1,000-trial run take half a second instead of six.
+FANOVA_TREES, FANOVA_DEPTH = 16, 8
+
+
+class Objectives(NamedTuple):
+    """A run's objectives: the names the user wrote, the trials-table columns they map to,
+    and each one's direction (``max`` / ``min``), in the same order."""
+
+    names: list[str]
+    columns: list[str]
+    modes: list[str]
 
 
 def ranking(df: pd.DataFrame) -> tuple[str, str]:
@@ -22,6 +72,49 @@ def ranking(df: pd.DataFrame) -> tuple[str, str]:
     if "metric" in df and "metric_mode" in df and df["metric"].notna().any():
         return str(df["metric"].dropna().iloc[0]), str(df["metric_mode"].dropna().iloc[0])
     return DEFAULT_RANKING
+
+
+def _json_list(df: pd.DataFrame, column: str) -> list[str] | None:
+    """A run-level JSON list column (the same on every row), or None where it is missing."""
+    if column not in df or not df[column].notna().any():
+        return None
+    value = df[column].dropna().iloc[0]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value]
+    return None
+
+
+def objectives(df: pd.DataFrame) -> Objectives:
+    """The objectives the run's Pareto front is taken on, as the trials table records them.
+
+    Runs that did not record them (older ones) and single-objective runs get the front
+    the report has always drawn: [ranking metric, ``trainable_params``] in modes
+    [the metric's mode, ``min``].
+    """
+    metric, mode = ranking(df)
+    names = _json_list(df, "objectives")
+    if not names:
+        return Objectives([metric, DEFAULT_COST], [metric, DEFAULT_COST], [mode, "min"])
+    columns = _json_list(df, "objective_columns")
+    if not columns or len(columns) != len(names):
+        columns = [OBJECTIVE_ALIASES.get(n, n) for n in names]
+    modes = _json_list(df, "objective_modes")
+    if not modes or len(modes) != len(names):
+        # The first objective is the ranking metric; every other one is a cost.
+        modes = [mode if c == metric else "min" for c in columns]
+    if len(names) == 1:
+        return Objectives([*names, DEFAULT_COST], [*columns, DEFAULT_COST], [*modes, "min"])
+    return Objectives(names, columns, modes)
+
+
+def has_values(df: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` exists and holds a value on some row (old runs lack the cost columns)."""
+    return column in df and df[column].notna().any()
 
 
 def metric_label(metric: str) -> str:
@@ -66,6 +159,36 @@ def pareto_front(
             keep.append(idx)
             best_y = yv
     return data.loc[keep].sort_values(x, ascending=x_better == "min")
+
+
+def pareto_front_nd(df: pd.DataFrame, columns: list[str], modes: list[str]) -> pd.DataFrame:
+    """The rows no other row beats on all of ``columns`` (each in its mode, ``max``/``min``).
+
+    A row is dominated when another is at least as good on every column and
+    strictly better on one. Rows missing any value are ignored; of exact
+    duplicates, the first is kept. Sorted by the second column, then the
+    others, each best first (the first cost, cheapest first, on a
+    [metric, costs...] list); for two columns, the same rows as
+    :func:`pareto_front`.
+    """
+    data = df.dropna(subset=list(columns))
+    if data.empty:
+        return data
+    signs = [1.0 if m == "min" else -1.0 for m in modes]
+    # Every column turned to "lower is better": one comparison rule for all.
+    vals = np.column_stack([s * data[c].astype(float).to_numpy() for c, s in zip(columns, signs)])
+    keep = []
+    for i, row in enumerate(vals):
+        no_worse = np.all(vals <= row, axis=1)
+        dominated = np.any(no_worse & np.any(vals < row, axis=1))
+        duplicate = np.any(np.all(vals[:i] == row, axis=1))
+        if not dominated and not duplicate:
+            keep.append(i)
+    front = data.iloc[keep]
+    order = [*columns[1:], columns[0]]
+    return front.sort_values(
+        order, ascending=[modes[columns.index(c)] == "min" for c in order], kind="stable"
+    )
 
 
 def knob_summary(config_json: str | None) -> str:
@@ -136,11 +259,57 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def objective_front_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials (failed ones aside) Pareto-optimal on the run's objectives (:func:`objectives`),
+    as a table: with two or more costs, the front on all of them at once."""
+    obj = objectives(df)
+    present = all(c in df for c in obj.columns)
+    front = pareto_front_nd(healthy(df), obj.columns, obj.modes) if present else df.iloc[:0]
+    metric, _ = ranking(df)
+    table = pd.DataFrame(
+        {
+            "trial_id": front["trial_id"],
+            "method": front["method"],
+            "knobs": front["knobs_json"].map(knob_summary),
+            "trainable_params": front["trainable_params"].astype("Int64"),
+            "trainable_%": (100 * front["trainable_fraction"]).round(3),
+        }
+    )
+    for col in obj.columns:
+        if col not in table and col not in (metric, "trainable_fraction"):
+            table[col] = front[col].astype(float).round(4)
+    table[metric] = front[metric].round(4)
+    return table.reset_index(drop=True)
+
+
+def pareto_axes(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The Pareto plot's x axes that ``df`` has values for, the run's first cost first-listed
+    as ``default``: each with its column, button label, title and axis type."""
+    obj = objectives(df)
+    costs = [c for c in obj.columns[1:] if c in df]
+    known = {col for col, _, _ in PARETO_AXES}
+    # A cost objective the buttons do not offer (e.g. batch-32 latency) gets a button too.
+    extra = [(c, COST_TITLES.get(c, c), "linear") for c in costs if c not in known]
+    axes = [
+        {"column": col, "label": label, "title": COST_TITLES.get(col, col), "type": kind}
+        for col, label, kind in (*PARETO_AXES, *extra)
+        if has_values(df, col)
+    ]
+    columns = [a["column"] for a in axes]
+    default = next((c for c in costs if c in columns), DEFAULT_COST)
+    for a in axes:
+        a["default"] = a["column"] == default
+    return axes
+
+
 def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
     """Points per method (x = trainable params, y = the best round of the ranking metric)
-    and the frontier."""
-    metric, _ = ranking(df)
+    and the frontier; ``axes``: the same points and their front on every x axis the run has
+    values for (:func:`pareto_axes`), x in the axis's units (the fraction in %)."""
+    metric, mode = ranking(df)
     data = df.dropna(subset=["trainable_params", metric])
+    axes = pareto_axes(data)
+    costs = [c for c in COST_TITLES if c in data]
     methods = {}
     for method, group in data.groupby("method", sort=True):
         methods[method] = {
@@ -150,8 +319,22 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
             "stopped": group["stopped_early"].astype(bool).tolist(),
             "trial_id": group["trial_id"].tolist(),
             "knobs": group["knobs_json"].map(knob_summary).tolist(),
+            "costs": {c: _floats(group[c]) for c in costs},
         }
     front = pareto_front(healthy(data))
+    for axis in axes:
+        col = axis["column"]
+        scale = 100.0 if col == "trainable_fraction" else 1.0
+        axis["methods"] = {
+            m: [None if v is None else scale * v for v in _floats(g[col])]
+            for m, g in data.groupby("method", sort=True)
+        }
+        f = pareto_front(healthy(data), x=col, y=metric, x_better="min", y_better=mode)
+        axis["frontier"] = {
+            "x": [scale * v for v in f[col].astype(float)],
+            "y": f[metric].astype(float).tolist(),
+            "trial_id": f["trial_id"].tolist(),
+        }
     return {
         "metric": metric,
         "methods": methods,
@@ -161,7 +344,46 @@ def scatter_data(df: pd.DataFrame) -> dict[str, Any]:
             "fraction": front["trainable_fraction"].astype(float).tolist(),
             "trial_id": front["trial_id"].tolist(),
         },
+        "axes": axes,
+        "default_axis": next((a["column"] for a in axes if a["default"]), DEFAULT_COST),
     }
+
+
+def _floats(values: pd.Series) -> list[float | None]:
+    """Plain floats, None where missing: what plotly and JSON take."""
+    return [None if pd.isna(v) else float(v) for v in values]
+
+
+def deployment_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method, its best trial (:func:`best_per_method`, failed ones aside) and what it costs
+    to serve and to train: latency per example (batch 1 and 32, merged and unmerged), peak
+    inference memory, exported size, trainable parameters, training step time and memory.
+
+    Only the cost columns the run measured are shown (older runs: trainable parameters).
+    """
+    best = best_per_method(healthy(df))
+    metric, _ = ranking(df)
+    table = pd.DataFrame(
+        {"method": best["method"], "trial_id": best["trial_id"], metric: best[metric].round(4)}
+    )
+    for col in DEPLOYMENT_COLUMNS:
+        if has_values(best, col):
+            values = best[col].astype(float)
+            table[col] = values.astype("Int64") if col == "trainable_params" else values.round(3)
+    return table.reset_index(drop=True)
+
+
+def deployment_measured(df: pd.DataFrame) -> bool:
+    """Whether the run measured serving costs (runs before they were measured did not)."""
+    return any(has_values(df, c) for c in DEPLOYMENT_COLUMNS if c != "trainable_params")
+
+
+def completion_order(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials in the order they ended: by ``ended_at`` where recorded (rows without it
+    after the others), else in row order (the order Tune listed them)."""
+    if has_values(trials, "ended_at"):
+        return trials.sort_values("ended_at", kind="stable", na_position="last")
+    return trials
 
 
 def curve_data(curves: pd.DataFrame, trials: pd.DataFrame) -> list[dict[str, Any]]:
@@ -305,7 +527,8 @@ def run_metadata(trials: pd.DataFrame) -> dict[str, Any]:
         return {}
     first = trials.iloc[0]
     keys = ("run_name", "model", "dataset", "label_names", "n_train", "n_validation", "n_test",
-            "max_length", "seed", "resources", "run_wall_time_s", "git_commit")  # fmt: skip
+            "max_length", "seed", "objectives", "resources", "run_wall_time_s",
+            "git_commit")  # fmt: skip
     meta = {k: first[k] for k in keys if k in trials and pd.notna(first[k])}
     for col in ("node_id", "node"):  # node ids tell apart nodes that share a host
         if col in trials and trials[col].notna().any():
@@ -318,3 +541,144 @@ def run_metadata(trials: pd.DataFrame) -> dict[str, Any]:
             f"{k} {v}" for k, v in json.loads(first["versions"]).items() if v
         )
     return meta
+
+
+def knob_importance(trials: pd.DataFrame) -> dict[str, Any]:
+    """How much each searched knob mattered to the ranking metric, per method (Optuna).
+
+    Per method, an in-memory Optuna study is built from its trials that ended
+    (failed ones aside; stopped-early ones at their best round) with the
+    knobs they sampled (``knobs_json``) and their value of the ranking metric,
+    then handed to fANOVA (``FanovaImportanceEvaluator``, seeded; it needs
+    scikit-learn) or, without scikit-learn, PED-ANOVA. Knobs that took one
+    value, or that some of the method's trials lack, are left out.
+
+    Returns ``{"evaluator", "metric", "needed", "methods": {method: entry}}``;
+    an entry is ``{"importances": {knob: share}, "trials": n}`` (shares sum
+    to 1, largest first), ``{"too_few": n, "needed": k}`` below
+    :data:`MIN_IMPORTANCE_TRIALS`, ``{"no_knob_varies": True, "trials": n}``,
+    or ``{"error": text}`` where the evaluator failed.
+    """
+    metric, mode = ranking(trials)
+    evaluator_name = _importance_evaluator_name()
+    out: dict[str, Any] = {
+        "evaluator": evaluator_name,
+        "metric": metric,
+        "needed": MIN_IMPORTANCE_TRIALS,
+        "methods": {},
+    }
+    if metric not in trials or "knobs_json" not in trials:
+        return out
+    ended = healthy(trials)
+    if "status" in ended:
+        ended = ended[ended["status"] == "TERMINATED"]
+    ended = ended.dropna(subset=[metric, "knobs_json"])
+    log_knobs = set(trials.attrs.get("log_knobs", ()))
+    for method, group in ended.groupby("method", sort=True):
+        n = len(group)
+        if n < MIN_IMPORTANCE_TRIALS:
+            out["methods"][method] = {"too_few": n, "needed": MIN_IMPORTANCE_TRIALS}
+            continue
+        knobs = [json.loads(t) for t in group["knobs_json"]]
+        values = group[metric].astype(float).tolist()
+        try:
+            entry = _method_importance(knobs, values, mode, log_knobs, evaluator_name)
+        except Exception as e:  # a report never fails on one method's importance
+            entry = {"error": f"{type(e).__name__}: {e}"}
+        out["methods"][method] = {**entry, "trials": n} if "error" not in entry else entry
+    return out
+
+
+def _importance_evaluator_name() -> str:
+    """fANOVA where scikit-learn imports (its random forest), else PED-ANOVA."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return "PED-ANOVA"
+    return "fANOVA"
+
+
+def _method_importance(
+    knobs: list[dict[str, Any]],
+    values: list[float],
+    mode: str,
+    log_knobs: set[str],
+    evaluator_name: str,
+) -> dict[str, Any]:
+    """One method's knob importances: ``{"importances": {...}}`` or ``{"no_knob_varies": True}``."""
+    import warnings
+
+    import optuna
+
+    distributions = _knob_distributions(knobs, log_knobs)
+    if not distributions:
+        return {"no_knob_varies": True}
+    if len(distributions) == 1:
+        # One knob varied: it explains all the knobs explain (what any evaluator returns).
+        return {"importances": {next(iter(distributions)): 1.0}}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line per method
+    try:
+        with warnings.catch_warnings():
+            # Experimental-feature and "too few trials" notices: the report states its own limits.
+            warnings.simplefilter("ignore")
+            direction = "maximize" if mode == "max" else "minimize"
+            study = optuna.create_study(direction=direction)
+            for params, value in zip(knobs, values):
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params={k: _knob_value(params[k]) for k in distributions},
+                        distributions=distributions,
+                        value=value,
+                    )
+                )
+            evaluator = (
+                optuna.importance.FanovaImportanceEvaluator(
+                    n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, seed=0
+                )
+                if evaluator_name == "fANOVA"
+                else optuna.importance.PedAnovaImportanceEvaluator()
+            )
+            shares = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=list(distributions)
+            )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    ordered = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"importances": {k: float(v) for k, v in ordered}}
+
+
+def _knob_value(value: Any) -> Any:
+    """A knob's value as an Optuna parameter: lists and dicts (e.g. target modules) as text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _knob_distributions(knobs: list[dict[str, Any]], log_knobs: set[str]) -> dict[str, Any]:
+    """An Optuna distribution per knob that every trial sampled and that took two values or more:
+    numbers on their observed range (log where the search sampled them so), the rest as
+    categories."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    names = sorted(set.intersection(*(set(k) for k in knobs))) if knobs else []
+    out: dict[str, Any] = {}
+    for name in names:
+        values = [_knob_value(k[name]) for k in knobs]
+        if any(v is None for v in values):
+            continue  # not sampled for every trial: no common search space to compare on
+        distinct = sorted(set(values), key=lambda v: (type(v).__name__, v))
+        if len(distinct) < 2:
+            continue
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and all(isinstance(v, int) for v in values):
+            lo, hi = min(values), max(values)
+            out[name] = IntDistribution(lo, hi, log=name in log_knobs and lo > 0)
+        elif numeric and all(math.isfinite(v) for v in values):
+            lo, hi = float(min(values)), float(max(values))
+            out[name] = FloatDistribution(lo, hi, log=name in log_knobs and lo > 0)
+        else:
+            out[name] = CategoricalDistribution(distinct)
+    return out

@@ -15,22 +15,28 @@ import json
 import pandas as pd
 
 from reports.figure_data import (
+    COST_TITLES,
     best_per_method,
     compute_data,
     confirm_summary,
     curve_data,
+    deployment_measured,
+    deployment_table,
     healthy,
     knob_effects,
+    knob_importance,
     knob_summary,
     metric_label,
+    objectives,
     pareto_front,
-    pareto_table,
     per_label_data,
     ranking,
     run_metadata,
     scatter_data,
     trial_counts,
 )
+from reports.figure_data import objective_front_table as front_table
+from reports.hypervolume import hypervolume_curve
 from reports.svg import pareto_svg
 
 PALETTE = [
@@ -52,29 +58,35 @@ def _colors(methods) -> dict[str, str]:
 
 
 def pareto_figure(trials: pd.DataFrame):
-    """Trainable parameters (log x) vs best validation accuracy, frontier drawn.
+    """A cost (x) vs the best round of the ranking metric, the frontier drawn.
 
-    Two buttons switch x between the parameter count and the trainable
-    fraction (%); hover shows each trial's knobs and metrics.
+    One button per cost the run measured (trainable parameters, trainable %,
+    latency merged and unmerged, inference memory, artifact size) switches x,
+    the axis title and type, and the front drawn to the one on that cost; it
+    opens on the run's first cost objective. Hover shows each trial's knobs,
+    costs and metrics.
     """
     import plotly.graph_objects as go
 
     data = scatter_data(trials)
     label = metric_label(data["metric"])
     colors = _colors(data["methods"])
+    axes = data["axes"]
+    shown = next(a for a in axes if a["default"]) if axes else None
     fig = go.Figure()
-    xs_params, xs_pct = [], []
     for method, pts in data["methods"].items():
         text = [
-            f"{method} ({tid})<br>{knobs}<br>trainable {int(x):,} ({100 * f:.3f}%)<br>{label} {y:.4f}"
+            f"{method} ({tid})<br>{knobs}<br>trainable {int(x):,} ({100 * f:.3f}%)"
+            + _cost_text(pts["costs"], i)
+            + f"<br>{label} {y:.4f}"
             + ("<br>stopped early" if s else "")
-            for tid, knobs, x, f, y, s in zip(
-                pts["trial_id"], pts["knobs"], pts["x"], pts["fraction"], pts["y"], pts["stopped"]
+            for i, (tid, knobs, x, f, y, s) in enumerate(
+                zip(pts["trial_id"], pts["knobs"], pts["x"], pts["fraction"], pts["y"], pts["stopped"])
             )
-        ]
+        ]  # fmt: skip
         fig.add_trace(
             go.Scatter(
-                x=pts["x"],
+                x=shown["methods"][method] if shown else pts["x"],
                 y=pts["y"],
                 mode="markers",
                 name=method,
@@ -89,20 +101,17 @@ def pareto_figure(trials: pd.DataFrame):
                 },
             )
         )
-        xs_params.append(pts["x"])
-        xs_pct.append([100 * f for f in pts["fraction"]])
-    front = data["frontier"]
+    front = shown["frontier"] if shown else data["frontier"]
     fig.add_trace(
         go.Scatter(
             x=front["x"], y=front["y"], mode="lines", name="Pareto front",
             line={"color": "#444", "dash": "dash", "shape": "hv"}, hoverinfo="skip",
         )
     )  # fmt: skip
-    xs_params.append(front["x"])
-    xs_pct.append([100 * f for f in front["fraction"]])
+    title = shown["title"] if shown else "trainable parameters"
     fig.update_layout(
-        title=f"Trainable parameters vs {label} (hollow: stopped early)",
-        xaxis={"title": "trainable parameters", "type": "log"},
+        title=_pareto_title(title, label),
+        xaxis={"title": title, "type": shown["type"] if shown else "log"},
         yaxis={"title": f"best {label}"},
         template="plotly_white",
         height=520,
@@ -113,20 +122,91 @@ def pareto_figure(trials: pd.DataFrame):
                 "x": 0,
                 "y": 1.12,
                 "xanchor": "left",
-                "buttons": [
-                    {
-                        "label": "trainable parameters",
-                        "method": "update",
-                        "args": [{"x": xs_params}, {"xaxis.title.text": "trainable parameters"}],
-                    },
-                    {
-                        "label": "trainable %",
-                        "method": "update",
-                        "args": [{"x": xs_pct}, {"xaxis.title.text": "trainable parameters (%)"}],
-                    },
-                ],
+                "active": axes.index(shown),
+                "buttons": _axis_buttons(data, label),
             }
-        ],
+        ]
+        if shown
+        else [],
+    )
+    return fig
+
+
+def _axis_buttons(data: dict, label: str) -> list[dict]:
+    """One button per x axis of ``data`` (:func:`scatter_data`): it sets every method's x, the
+    front (the last trace) to the one on that axis, and the axis title and type."""
+    ys = [pts["y"] for pts in data["methods"].values()]
+    return [
+        {
+            "label": a["label"],
+            "method": "update",
+            "args": [
+                {
+                    "x": [*(a["methods"][m] for m in data["methods"]), a["frontier"]["x"]],
+                    "y": [*ys, a["frontier"]["y"]],
+                },
+                {
+                    "xaxis.title.text": a["title"],
+                    "xaxis.type": a["type"],
+                    "xaxis.autorange": True,
+                    "title.text": _pareto_title(a["title"], label),
+                },
+            ],
+        }
+        for a in data["axes"]
+    ]
+
+
+def _pareto_title(x_title: str, label: str) -> str:
+    return f"{x_title[0].upper()}{x_title[1:]} vs {label} (hollow: stopped early)"
+
+
+# Hover lines for the costs a trial measured: (column, text before, unit).
+_HOVER_COSTS = (
+    ("infer_ms_b1", "latency", "ms"),
+    ("infer_ms_b1_unmerged", "unmerged", "ms"),
+    ("infer_peak_mb", "inference memory", "MiB"),
+    ("artifact_mb", "artifact", "MiB"),
+)
+
+
+def _cost_text(costs: dict[str, list], i: int) -> str:
+    parts = [
+        f"{name} {costs[col][i]:.4g} {unit}"
+        for col, name, unit in _HOVER_COSTS
+        if col in costs and costs[col][i] is not None
+    ]
+    return "<br>" + ", ".join(parts) if parts else ""
+
+
+def hypervolume_figure(curve: dict):
+    """The hypervolume of the front after each trial ended: against completed trials (left)
+    and against trial time (right), as steps; None where there is no curve."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    points = curve.get("per_trial") or []
+    if not points:
+        return None
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("against completed trials", "against trial time")
+    )
+    ys = [p["hypervolume"] for p in points]
+    for col, xs in ((1, [p["trials"] for p in points]), (2, [p["trial_seconds"] for p in points])):
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys, mode="lines+markers", line={"shape": "hv", "color": "#1f77b4"},
+                marker={"size": 5}, showlegend=False, hoverinfo="x+y",
+            ),
+            row=1, col=col,
+        )  # fmt: skip
+    fig.update_xaxes(title_text="trials ended (failed ones aside)", row=1, col=1)
+    fig.update_xaxes(title_text="trial time (s, all trials)", row=1, col=2)
+    fig.update_yaxes(title_text="hypervolume", row=1, col=1)
+    fig.update_layout(
+        title="Hypervolume of the front on " + ", ".join(curve["objectives"]),
+        template="plotly_white",
+        height=380,
     )
     return fig
 
@@ -370,6 +450,100 @@ def _per_label_html(trials: pd.DataFrame, confirmed: pd.DataFrame | None) -> str
     return "".join(parts)
 
 
+def _pareto_heading(trials: pd.DataFrame) -> str:
+    """``Pareto front: <the cost the plot opens on> vs <metric>``, escaped."""
+    axes = scatter_data(trials)["axes"]
+    x = next((a["title"] for a in axes if a["default"]), "trainable parameters")
+    return f"Pareto front: {html.escape(x)} vs {html.escape(metric_label(ranking(trials)[0]))}"
+
+
+def _static_copy(figure_file: str | None) -> str:
+    if not figure_file:
+        return ""
+    return (
+        f"<p>Static copy (trainable parameters): <code>{html.escape(figure_file)}</code> beside "
+        "this file.</p>"
+    )
+
+
+def _front_html(trials: pd.DataFrame) -> str:
+    """The Pareto-optimal trials on the run's objectives; with two costs or more, said to be the
+    front on all of them, of which the plot above is a projection."""
+    obj = objectives(trials)
+    names = ", ".join(obj.names)
+    if len(obj.columns) > 2:
+        intro = (
+            f"<p>Not dominated on all {len(obj.columns)} objectives at once ({html.escape(names)})."
+            " The plot above is a 2-D projection: its dashed line is the front on the plotted "
+            "cost alone.</p>"
+        )
+    else:
+        intro = f"<p>On the run's objectives: {html.escape(names)}.</p>"
+    return intro + table_html(front_table(trials))
+
+
+def _deployment_html(trials: pd.DataFrame) -> str:
+    """The best configuration of each method and what it costs to serve and to train."""
+    table = deployment_table(trials)
+    legend = ", ".join(
+        f"<code>{c}</code>: {html.escape(COST_TITLES[c])}"
+        for c in table.columns
+        if c in COST_TITLES
+    )
+    note = (
+        "<p>Each method's best trial. Merged: the method's weights folded into the model where "
+        f"it allows (LoRA, IA3, ...); unmerged: as trained. {legend}.</p>"
+        if deployment_measured(trials)
+        else "<p><em>This run measured no serving costs (latency, memory, size): runs before "
+        "they were measured record trainable parameters only.</em></p>"
+    )
+    # Eleven columns or so: the table scrolls rather than widening the page.
+    return note + f'<div style="overflow-x: auto">{table_html(table)}</div>'
+
+
+def _hypervolume_html(curve: dict, div: str) -> str:
+    """The hypervolume figure and, under it, its objectives, scales and reference point."""
+    if curve["reference"] is None:
+        return f"<p><em>{html.escape(curve['reference_note'])}</em></p>"
+    scales = ", ".join(f"{c} ({s})" for c, s in zip(curve["columns"], curve["scales"]))
+    final = curve["final"]
+    return (
+        div + f"<p>Final hypervolume {final:.4g}. Objectives, all turned to minimisation: "
+        f"{html.escape(scales)}. {html.escape(curve['reference_note'])} The reference follows "
+        "from the model and the task, not from the trials, so two searches on the same model "
+        "and data are comparable.</p>"
+    )
+
+
+def _importance_html(importance: dict) -> str:
+    """Knob importance per method as a table, and why a method has none."""
+    rows, notes = [], []
+    for method, entry in importance["methods"].items():
+        if "importances" in entry:
+            for knob, share in entry["importances"].items():
+                rows.append(
+                    {"method": method, "knob": knob, "importance": round(share, 3),
+                     "trials": entry["trials"]}
+                )  # fmt: skip
+        elif "too_few" in entry:
+            notes.append(
+                f"{method}: too few trials to tell ({entry['too_few']} of {entry['needed']})"
+            )
+        elif "no_knob_varies" in entry:
+            notes.append(f"{method}: no searched knob took two values")
+        else:
+            notes.append(f"{method}: the evaluator failed: {entry.get('error')}")
+    intro = (
+        f"<p>How much each searched knob explains of the variation in "
+        f"{html.escape(metric_label(importance['metric']))}, per method (shares sum to 1), "
+        f"by Optuna's {html.escape(importance['evaluator'])} on the trials that ended (failed "
+        f"ones aside; stopped-early ones at their best round); a method needs "
+        f"{importance['needed']} trials.</p>"
+    )
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return intro + table_html(pd.DataFrame(rows)) + (f"<ul>{items}</ul>" if items else "")
+
+
 def _searched_knobs(trials: pd.DataFrame) -> list[str]:
     """The knobs any trial sampled (from ``knobs_json``), learning rate first."""
     names: set[str] = set()
@@ -385,10 +559,17 @@ window.peftsearchErrors = [];
 window.addEventListener("error", function (e) { window.peftsearchErrors.push(String(e.message)); });
 </script>"""
 DONE = """<script>
-document.getElementById("js-status").textContent = JSON.stringify({
-  errors: window.peftsearchErrors,
-  figures: document.querySelectorAll(".js-plotly-plot").length
-});
+(function () {
+  var drawn = Array.prototype.slice.call(document.querySelectorAll(".js-plotly-plot"));
+  var pareto = document.getElementById("fig-pareto");
+  var menus = (pareto && pareto.layout && pareto.layout.updatemenus) || [];
+  document.getElementById("js-status").textContent = JSON.stringify({
+    errors: window.peftsearchErrors,
+    figures: drawn.length,
+    figure_ids: drawn.map(function (d) { return d.id; }),
+    pareto_buttons: menus.length ? menus[0].buttons.map(function (b) { return b.label; }) : []
+  });
+})();
 </script>"""
 
 
@@ -405,8 +586,10 @@ def render(
     meta = run_metadata(trials)
     meta_table = pd.DataFrame({"": list(meta), "value": [str(v) for v in meta.values()]})
     errors = trials.loc[trials["status"] == "ERROR", ["trial_id", "method", "error"]]
+    curve = hypervolume_curve(trials)
     figs = {
         "pareto": pareto_figure(trials),
+        "hypervolume": hypervolume_figure(curve),
         "curves": curves_figure(curves, trials),
         "compute": compute_figure(trials),
         "knobs": knobs_figure(trials, _searched_knobs(trials)),
@@ -418,11 +601,6 @@ def render(
         for k, f in figs.items()
     }
     t = html.escape(title)
-    static_copy = (
-        f"<p>Static copy: <code>{html.escape(figure_file)}</code> beside this file.</p>"
-        if figure_file
-        else ""
-    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>peftsearch: {t}</title>
 <style>
@@ -438,13 +616,17 @@ code {{ font-size: 0.85em; }}
 </head><body>
 <h1>peftsearch: {t}</h1>
 {table_html(_summary(trials))}
-<h2>Pareto front: trainable parameters vs {html.escape(metric_label(ranking(trials)[0]))}</h2>
+<h2>{_pareto_heading(trials)}</h2>
 {divs["pareto"]}
-{static_copy}
+{_static_copy(figure_file)}
 <h3>Pareto-optimal trials</h3>
-{table_html(pareto_table(trials))}
+{_front_html(trials)}
 <h3>Best trial per method</h3>
 {table_html(_best_table(trials))}
+<h2 id="deployment">Deployment: what each method's best configuration costs</h2>
+{_deployment_html(trials)}
+<h2 id="hypervolume">Hypervolume over time</h2>
+{_hypervolume_html(curve, divs["hypervolume"])}
 <h2>Confirmed on the test split</h2>
 {_confirm_table(confirmed)}
 {_per_label_html(trials, confirmed)}
@@ -454,6 +636,8 @@ code {{ font-size: 0.85em; }}
 {divs["compute"]}
 <h2>Knob effects</h2>
 {divs["knobs"]}
+<h2 id="knob-importance">Knob importance</h2>
+{_importance_html(knob_importance(trials))}
 <h2>Failed trials</h2>
 {table_html(errors)}
 <h2>Run</h2>

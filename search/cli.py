@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from reports.figure_data import pareto_table, trial_counts
+    from reports.figure_data import objective_front_table, trial_counts
     from search.driver import run
 
     res = run(
@@ -232,8 +232,8 @@ def cmd_run(args) -> int:
             f"\n{c['trials']} trials: {c['finished']} finished, {c['stopped']} stopped early, "
             f"{c['errored']} errored"
         )
-        print(f"\nPareto front (trainable parameters vs {_label(res.trials)}):")
-        print(pareto_table(res.trials).to_string(index=False))
+        print(f"\nPareto front ({_front_label(res.trials)}):")
+        print(objective_front_table(res.trials).to_string(index=False))
     print(f"\nresults: {res.run.name_of(TRIALS_FILE)}, {res.run.name_of(CURVES_FILE)}")
     print(f"report:  {res.report}")
     if res.disk:
@@ -244,6 +244,16 @@ def cmd_run(args) -> int:
         )
         return 130
     return 0
+
+
+def _front_label(trials) -> str:
+    """What the front is on: ``trainable_params vs validation accuracy`` (the run's objectives)."""
+    from reports.figure_data import objectives
+
+    costs = ", ".join(objectives(trials).columns[1:]).replace(
+        "trainable_params", "trainable parameters"
+    )
+    return f"{costs} vs {_label(trials)}"
 
 
 def _label(trials) -> str:
@@ -416,7 +426,7 @@ def cmd_confirm(args) -> int:
 def cmd_results(args) -> int:
     import pandas as pd
 
-    from reports.figure_data import method_summary, pareto_table, rank, ranking
+    from reports.figure_data import method_summary, objective_front_table, rank, ranking
     from search.results import load_results
 
     trials, _ = load_results(args.run_dir)
@@ -425,8 +435,8 @@ def cmd_results(args) -> int:
         print(f"{args.run_dir}: {len(trials)} trials, ranked by {metric}\n")
         print(method_summary(trials).to_string())
         if args.pareto:
-            print(f"\nPareto front (trainable parameters vs {_label(trials)}):")
-            print(pareto_table(trials).to_string(index=False))
+            print(f"\nPareto front ({_front_label(trials)}):")
+            print(objective_front_table(trials).to_string(index=False))
         else:
             cols = ["trial_id", "method", "status", *dict.fromkeys([metric, "val_accuracy"]),
                     "trainable_params", "iterations", "wall_time_s", "knobs_json"]  # fmt: skip

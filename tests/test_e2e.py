@@ -283,7 +283,15 @@ def test_report_renders_in_headless_chromium_without_js_errors(finished_run, tmp
     assert found, "the page's last script never ran"
     status = json.loads(found.group(1))
     assert status["errors"] == []
-    assert status["figures"] == 4  # Pareto front, curves, compute, knob effects: all drawn
+    # Pareto front, hypervolume, curves, compute, knob effects: all drawn.
+    assert status["figures"] == 5
+    assert "fig-hypervolume" in status["figure_ids"]
+    # The x-axis buttons: the parameter axes always; the measured costs where the run has them.
+    buttons = status["pareto_buttons"]
+    assert buttons[:2] == ["trainable parameters", "trainable %"], buttons
+    assert set(buttons) <= {"trainable parameters", "trainable %", "latency (merged)",
+                            "latency (unmerged)", "inference memory", "artifact size"}  # fmt: skip
+    assert 'id="knob-importance"' in dom.stdout and "Reference point:" in dom.stdout
     shot = tmp_path / "report.png"
     subprocess.run(
         [*flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],

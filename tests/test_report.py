@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -11,9 +12,14 @@ from reports.figure_data import (
     best_per_method,
     compute_data,
     curve_data,
+    deployment_table,
     knob_effects,
+    knob_importance,
     knob_summary,
+    objective_front_table,
     pareto_front,
+    pareto_front_nd,
+    pareto_table,
     scatter_data,
 )
 from reports.html import render
@@ -195,3 +201,237 @@ def test_per_label_figures_of_the_pareto_optimal_configurations_are_shown_escape
     # Only the front's configurations ("a" is confirmed but dominated by "b").
     assert "<h3>lora (b)</h3>" in page and "<h3>lora (a)</h3>" not in page
     assert "test mcc" in page and "0.5000 ± 0.0000" in page
+
+
+def test_pareto_front_nd_keeps_the_rows_no_other_beats_on_every_objective():
+    df = pd.DataFrame(
+        [
+            ("a", 0.90, 100, 5.0),
+            ("b", 0.90, 100, 6.0),   # dominated by a (slower)
+            ("c", 0.80, 10, 9.0),    # fewest parameters
+            ("d", 0.85, 200, 1.0),   # fastest
+            ("e", 0.70, 50, 10.0),   # dominated by c on all three
+            ("f", 0.90, 100, 5.0),   # a duplicate of a: the first is kept
+            ("g", 0.95, 1000, 20.0), # most accurate
+            ("h", None, 1, 0.1),     # no result: ignored
+        ],
+        columns=["trial_id", "acc", "params", "ms"],
+    )  # fmt: skip
+    front = pareto_front_nd(df, ["acc", "params", "ms"], ["max", "min", "min"])
+    assert front["trial_id"].tolist() == ["c", "a", "d", "g"]  # by the first cost
+    # On two of them, the same rows as the 2-D front.
+    two = pareto_front_nd(df, ["acc", "params"], ["max", "min"])
+    assert set(two["trial_id"]) == set(pareto_front(df, "params", "acc", "min", "max")["trial_id"])
+
+
+def test_pareto_front_nd_agrees_with_the_2d_front_on_random_tables():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randrange(1, 12)
+        df = pd.DataFrame(
+            {"x": [rng.randrange(5) for _ in range(n)], "y": [rng.randrange(5) for _ in range(n)]}
+        )
+        for xm, ym in (("min", "max"), ("min", "min"), ("max", "max")):
+            nd = pareto_front_nd(df, ["y", "x"], [ym, xm])
+            assert nd.index.tolist() == pareto_front(df, "x", "y", xm, ym).index.tolist()
+
+
+def cost_frame() -> pd.DataFrame:
+    """A run with the serving costs measured and latency as its cost objective."""
+    df = trials_frame([
+        ("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90), ("c", "lora", 20, 0.80),
+        ("d", "adapter", 50, 0.92),
+    ])  # fmt: skip
+    df["infer_ms_b1"] = [2.0, 3.0, 3.5, 4.0]  # lora merged: slower than full here
+    df["infer_ms_b1_unmerged"] = [2.0, 3.5, 3.0, 4.0]
+    df["infer_ms_b32"] = [0.5, 0.6, 0.55, 0.7]
+    df["infer_peak_mb"] = [300.0, 310.0, 305.0, 320.0]
+    df["artifact_mb"] = [90.0, 0.1, 0.2, 1.0]
+    df["train_step_ms"] = [50.0, 30.0, 31.0, 35.0]
+    df["train_peak_mb"] = [900.0, 400.0, 410.0, 500.0]
+    df["total_params"] = 1000
+    df["objectives"] = json.dumps(["val_accuracy", "infer_latency_ms"])
+    df["objective_columns"] = json.dumps(["val_accuracy", "infer_ms_b1"])
+    df["objective_modes"] = json.dumps(["max", "min"])
+    return df
+
+
+EMPTY_CURVES = pd.DataFrame(
+    columns=["trial_id", "method", "iteration", "epoch", "val_accuracy", "val_loss"]
+)
+
+
+def test_pareto_plot_switches_x_and_its_front_among_the_measured_costs():
+    from reports.html import pareto_figure
+
+    df = cost_frame()
+    fig = pareto_figure(df)
+    (menu,) = fig.layout.updatemenus
+    labels = [b.label for b in menu.buttons]
+    assert labels == ["trainable parameters", "trainable %", "latency (merged)",
+                      "latency (unmerged)", "inference memory", "artifact size"]  # fmt: skip
+    # It opens on the run's cost objective, latency, with the front on latency.
+    assert menu.active == 2 and fig.layout.xaxis.title.text.startswith("inference latency")
+    assert fig.layout.xaxis.type == "linear"
+    front_trace = fig.data[-1]
+    assert list(front_trace.x) == [2.0] and list(front_trace.y) == [0.95]  # full: fastest, best
+    for button, col in zip(menu.buttons, ["trainable_params", "trainable_fraction",
+                                          "infer_ms_b1", "infer_ms_b1_unmerged",
+                                          "infer_peak_mb", "artifact_mb"]):  # fmt: skip
+        data, layout = button.args
+        expected = pareto_front(df, x=col)
+        scale = 100 if col == "trainable_fraction" else 1
+        assert data["x"][-1] == [scale * v for v in expected[col]], col
+        assert data["y"][-1] == expected["val_accuracy"].tolist(), col
+        assert len(data["x"]) == len(fig.data)  # every trace gets its x
+        assert layout["xaxis.type"] == ("log" if col.startswith("trainable") else "linear")
+    # The artifact button's front: lora b (0.1 MB), adapter d (1 MB), full a (90 MB).
+    assert menu.buttons[5].args[0]["x"][-1] == [0.1, 1.0, 90.0]
+
+
+def test_old_runs_without_costs_keep_the_two_parameter_axes():
+    from reports.html import pareto_figure
+
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90)])
+    fig = pareto_figure(df)
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == [
+        "trainable parameters", "trainable %",
+    ]  # fmt: skip
+    assert fig.layout.xaxis.type == "log" and fig.layout.updatemenus[0].active == 0
+    # A cost column present but never measured offers no button either.
+    fig = pareto_figure(df.assign(infer_ms_b1=None, artifact_mb=float("nan")))
+    assert len(fig.layout.updatemenus[0].buttons) == 2
+
+
+def test_deployment_table_gives_each_methods_best_trial_and_its_costs():
+    df = cost_frame()
+    df.loc[4] = df.loc[1]
+    df.loc[4, ["trial_id", "status", "val_accuracy"]] = ["e", "ERROR", 0.99]  # failed: not it
+    table = deployment_table(df)
+    assert table["method"].tolist() == ["full", "adapter", "lora"]
+    assert table["trial_id"].tolist() == ["a", "d", "b"]
+    assert table.columns.tolist() == [
+        "method", "trial_id", "val_accuracy", "infer_ms_b1", "infer_ms_b32",
+        "infer_ms_b1_unmerged", "infer_peak_mb", "artifact_mb", "trainable_params",
+        "train_step_ms", "train_peak_mb",
+    ]  # fmt: skip
+    lora = table.set_index("method").loc["lora"]
+    assert (lora["infer_ms_b1"], lora["infer_ms_b1_unmerged"], lora["artifact_mb"]) == (
+        3.0,
+        3.5,
+        0.1,
+    )
+    assert lora["trainable_params"] == 10 and lora["train_peak_mb"] == 400.0
+    # An old run: its trainable parameters only, and the report says what is missing.
+    old = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90)])
+    assert deployment_table(old).columns.tolist() == [
+        "method",
+        "trial_id",
+        "val_accuracy",
+        "trainable_params",
+    ]
+    assert "measured no serving costs" in render(old, EMPTY_CURVES, "run")
+    assert "measured no serving costs" not in render(df, EMPTY_CURVES, "run")
+
+
+def test_three_objectives_give_the_front_on_all_three_as_a_table():
+    df = cost_frame()
+    df["objectives"] = json.dumps(["val_accuracy", "infer_latency_ms", "artifact_mb"])
+    df["objective_columns"] = json.dumps(["val_accuracy", "infer_ms_b1", "artifact_mb"])
+    df["objective_modes"] = json.dumps(["max", "min", "min"])
+    table = objective_front_table(df)
+    # c is beaten by b on all three (slower, bigger, less accurate); the rest trade off.
+    assert table["trial_id"].tolist() == ["a", "b", "d"]  # by latency, fastest first
+    assert {"infer_ms_b1", "artifact_mb", "val_accuracy"} <= set(table.columns)
+    page = render(df, EMPTY_CURVES, "run")
+    assert "Not dominated on all 3 objectives" in page
+    # The plot opens on the first cost, and its front is the 2-D one on latency alone (a).
+    assert "Pareto front: inference latency, merged" in page
+
+
+def test_the_front_table_of_an_old_run_is_the_parameter_front():
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90), ("c", "lora", 20, 0.8)])
+    assert objective_front_table(df)["trial_id"].tolist() == ["b", "a"]
+    pd.testing.assert_frame_equal(objective_front_table(df), pareto_table(df), check_dtype=False)
+
+
+def importance_frame(n_lora: int, n_full: int) -> pd.DataFrame:
+    """LoRA trials whose accuracy follows the learning rate, not the rank; a few full ones."""
+    import random
+
+    rng = random.Random(1)
+    rows, knobs = [], []
+    for i in range(n_lora):
+        lr, rank = 10 ** rng.uniform(-5, -2), rng.choice([4, 8, 16])
+        rows.append((f"l{i}", "lora", 10, 0.5 + 0.1 * (math.log10(lr) + 5)))
+        # A list-valued knob (as JSON text, a category) and a boolean one.
+        targets = rng.choice([["query", "value"], ["all"]])
+        knobs.append({"learning_rate": lr, "lora_rank": rank, "lora_dropout": 0.1,
+                      "lora_targets": targets, "bias": rng.random() < 0.5})  # fmt: skip
+    for i in range(n_full):
+        rows.append((f"f{i}", "full", 1000, 0.8 + 0.01 * i))
+        knobs.append({"learning_rate": 1e-4 * (i + 1)})
+    df = trials_frame(rows)
+    df["knobs_json"] = [json.dumps(k) for k in knobs]
+    df.attrs["log_knobs"] = ["learning_rate"]
+    return df
+
+
+def test_knob_importance_ranks_the_knob_that_drives_the_metric():
+    df = importance_frame(n_lora=16, n_full=3)
+    out = knob_importance(df)
+    assert out["evaluator"] == "fANOVA" and out["metric"] == "val_accuracy"
+    lora = out["methods"]["lora"]
+    # lora_dropout took one value: left out.
+    assert set(lora["importances"]) == {"learning_rate", "lora_rank", "lora_targets", "bias"}
+    assert next(iter(lora["importances"])) == "learning_rate" and lora["trials"] == 16
+    assert lora["importances"]["learning_rate"] > 0.8
+    assert sum(lora["importances"].values()) == pytest.approx(1.0)
+    assert out["methods"]["full"] == {"too_few": 3, "needed": 5}
+    assert knob_importance(df) == out  # seeded: the same every time
+    page = render(df, EMPTY_CURVES, "run")
+    assert "too few trials to tell (3 of 5)" in page and "fANOVA" in page
+
+
+def test_knob_importance_without_scikit_learn_and_when_the_evaluator_fails(monkeypatch):
+    import optuna
+
+    import reports.figure_data as fd
+
+    df = importance_frame(n_lora=12, n_full=0)
+    monkeypatch.setattr(fd, "_importance_evaluator_name", lambda: "PED-ANOVA")
+    out = knob_importance(df)
+    assert out["evaluator"] == "PED-ANOVA"
+    assert set(out["methods"]["lora"]["importances"]) == {
+        "learning_rate", "lora_rank", "lora_targets", "bias"
+    }  # fmt: skip
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no forest today")
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", broken)
+    assert knob_importance(df)["methods"]["lora"] == {"error": "RuntimeError: no forest today"}
+    page = render(df, EMPTY_CURVES, "run")
+    assert "the evaluator failed: RuntimeError: no forest today" in page
+
+
+def test_knob_importance_when_no_knob_varies_and_on_old_tables():
+    df = importance_frame(n_lora=6, n_full=0)
+    df["knobs_json"] = json.dumps({"learning_rate": 1e-3, "lora_rank": 8})
+    assert knob_importance(df)["methods"]["lora"] == {"no_knob_varies": True, "trials": 6}
+    old = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90)])
+    assert knob_importance(old.drop(columns="knobs_json"))["methods"] == {}
+
+
+def test_report_sections_of_an_old_run_without_the_new_columns():
+    df = trials_frame([("a", "full", 1000, 0.95), ("b", "lora", 10, 0.90), ("c", "lora", 20, 0.8)])
+    df["total_params"] = 1000
+    page = render(df, EMPTY_CURVES, "run")
+    for anchor in ('id="deployment"', 'id="hypervolume"', 'id="knob-importance"',
+                   'id="fig-hypervolume"', "Reference point: val_accuracy 0"):  # fmt: skip
+        assert anchor in page, anchor
+    # Without total_params, no reference for the parameter count: said, not drawn.
+    page = render(df.drop(columns="total_params"), EMPTY_CURVES, "run")
+    assert 'id="fig-hypervolume"' not in page and "no hypervolume: trainable_params" in page

@@ -171,6 +171,7 @@ class TrainMemory:
     def __init__(self, model: nn.Module) -> None:
         self.device = next(model.parameters()).device
         self.weights = weights_mb(model)
+        self.gate = DeviceGate(self.device)  # the trial's steps hold it shared
         self.peak = PeakMemory(self.device).start()
 
     def mb(self) -> float | None:
@@ -178,6 +179,10 @@ class TrainMemory:
             return self.peak.peak_mb()
         rise = self.peak.rise_mb()
         return None if rise is None else self.weights + rise
+
+    def figures(self) -> dict[str, float | None]:
+        """What a report carries: ``train_peak_mb`` so far."""
+        return {"train_peak_mb": self.mb()}
 
 
 # ---------------------------------------------------------------- structure and the cache

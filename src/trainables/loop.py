@@ -253,29 +253,23 @@ def train(
     resume: dict | None = None,
     metric: str = "accuracy",
     positive: int | None = None,
-    gate: Callable[[], Any] | None = None,
+    gate: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """Train ``model`` (only its trainable parameters) and evaluate periodically.
 
-    ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()``
-    builds a checkpoint that ``resume`` accepts. Returns the last metrics.
-    Each evaluation scores ``metric`` (:data:`trainables.metrics.METRICS`;
-    ``positive``: f1's positive label) and reports its best round so far as
-    ``best_val_metric``.
-    Nothing waits for the device per step: the loss is summed on the device and
-    checked for NaN/inf every ``FINITE_EVERY`` steps and at each evaluation.
-    ``gate``: a context held around each step and evaluation
-    (:meth:`trainables.costs.DeviceGate.training`), so cost measurements of
-    other trials get the device to themselves.
+    ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()`` builds a
+    checkpoint that ``resume`` accepts. Returns the last metrics. Each evaluation scores
+    ``metric`` (``positive``: f1's positive label), its best round so far ``best_val_metric``.
+    Nothing waits for the device per step: the loss is summed on the device and checked for
+    NaN/inf every ``FINITE_EVERY`` steps and at each evaluation. ``gate``: held around each
+    step and evaluation (:class:`trainables.costs.DeviceGate`).
     """
-    gate = gate or contextlib.nullcontext
     device = next(model.parameters()).device
     precision = amp.resolve(cfg.precision, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_ratio * total)
     evals = set(eval_steps(len(train_data), cfg))
-
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = make_optimizer(model, cfg)
@@ -284,17 +278,13 @@ def train(
     step, elapsed, best = 0, 0.0, None
     if resume:
         step, elapsed, best = restore(TrainState.from_dict(resume), model, optimizer, scheduler)
-
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
     train_mode(model)
     started = time.perf_counter() - elapsed
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum, loss_n, metrics = torch.zeros((), device=device), 0, {}
-    # train_step_ms: training time between evaluations (evaluation not counted) per step, from
-    # the end of the first step on (its allocations and first kernel calls are warm-up).
-    timed_from, timed_step, eval_s = None, step, 0.0
-    session_started, first_step = time.perf_counter(), step
+    clock = StepClock(device, step)
     orders: dict[int, np.ndarray] = {}
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -309,21 +299,14 @@ def train(
         step += 1
         loss_sum += loss.detach().float()
         loss_n += 1
-        if timed_from is None and step < total:
-            _sync(device)  # once per trial: the timed span starts after the first step
-            timed_from, timed_step = time.perf_counter(), step
+        clock.stepped(step, total)
         if step % FINITE_EVERY == 0 or step in evals:
             check_finite(loss_sum, step - loss_n + 1, step)  # waits for the device
         if step in evals:
-            eval_started = time.perf_counter()
-            if timed_from is not None and step > timed_step:
-                step_ms = 1000 * (eval_started - timed_from - eval_s) / (step - timed_step)
-            else:  # the first step is all there is yet: its time, warm-up included
-                step_ms = 1000 * (eval_started - session_started) / max(1, step - first_step)
+            step_ms = clock.step_ms(step)
             with gate():
-                metrics = evaluate(
-                    model, val_data, cfg.eval_batch_size, pad_id, precision, metric, positive
-                )
+                metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id, precision,
+                                   metric, positive)  # fmt: skip
             if improves(metrics[key(metric)], best, mode_of(key(metric))):
                 best = metrics[key(metric)]
             metrics.update(
@@ -337,13 +320,36 @@ def train(
             )
             loss_sum, loss_n = torch.zeros((), device=device), 0
             on_eval(metrics, state_getter(model, optimizer, scheduler, cfg, metrics, best))
-            eval_s += time.perf_counter() - eval_started
+            clock.evaluated()
     return metrics
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class StepClock:
+    """``train_step_ms``: training time per step, evaluations (and what follows them: reports,
+    checkpoints) not counted, from the end of the first step on - its allocations and first
+    kernel calls are warm-up. The device is waited for once, after that first step; the loop's
+    own checks at each evaluation wait for it anyway, so the clock reads true there."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device, self.started, self.first = device, time.perf_counter(), step
+        self.timed_from: float | None = None
+        self.timed_step, self.eval_s, self.eval_started = step, 0.0, 0.0
+
+    def stepped(self, step: int, total: int) -> None:
+        if self.timed_from is None and step < total:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # once per trial
+            self.timed_from, self.timed_step = time.perf_counter(), step
+
+    def step_ms(self, step: int) -> float:
+        """At an evaluation (after the loop waited for the device): ms per step so far."""
+        self.eval_started = now = time.perf_counter()
+        if self.timed_from is not None and step > self.timed_step:
+            return 1000 * (now - self.timed_from - self.eval_s) / (step - self.timed_step)
+        return 1000 * (now - self.started) / max(1, step - self.first)  # the first step alone
+
+    def evaluated(self) -> None:
+        self.eval_s += time.perf_counter() - self.eval_started
 
 
 def optimizer_step(loss: torch.Tensor, params, optimizer, scaler, max_grad_norm: float) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -101,9 +102,7 @@ def run_trial(
     (``test_per_class``, ``test_confusion``: classification), ``test_step``
     (the round's step) and ``test_evaluations`` (1) in the result.
     With ``costs``, every result carries what the configuration costs
-    (:mod:`trainables.costs`): the inference figures measured once before
-    training (reused from another trial of the same structure in the same
-    ``cost_scope``), ``train_step_ms`` and ``train_peak_mb``.
+    (:mod:`trainables.costs`; measured once per structure and ``cost_scope``).
     """
     if test and "test" not in data.splits:
         raise ValueError("test=True needs data with a test split")
@@ -116,34 +115,20 @@ def run_trial(
     model = build_model(model_name, data, method, knobs, cfg.seed)
     # Before the first report (Pareto-ASHA compares costs from the first rung), on the whole
     # model: a probe on cached features still runs the encoder when it serves.
-    measured = (
-        _measure_costs(model, method, knobs, model_name, data, cfg, cost_scope) if costs else {}
-    )
+    measured = costs and _measure_costs(model, method, knobs, model_name, data, cfg, cost_scope)
     cached = data.features is not None and uses_cache(method, knobs, model.config)
     if cached:
         # Only the top trains: run it on the frozen encoder's cached outputs.
         model, data = FeatureHead(model), with_cached_features(data)
     else:
         data = fit_data(model, data)
-    trainable, total = count_parameters(model)
     pad_id = data.meta.get("pad_token_id", 0)
-    fixed = {
-        "method": method,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_fraction": trainable / total,
-        "planned_iterations": len(eval_steps(len(data.splits["train"]), cfg)),
-        "feature_cache": cached,
-        "data_splits": given,
-        "setup_s": time.perf_counter() - started,
-        **measured,
-    }
+    fixed = _fixed(model, method, data, cfg, cached, given, started) | (measured or {})
     best: dict[str, Any] = {"score": None, "step": None, "state": None, "accuracy": None}
     memory = cost_measures.TrainMemory(model) if costs else None
 
     def report(metrics: dict, get_state) -> None:
-        if memory is not None:
-            metrics = {**metrics, "train_peak_mb": memory.mb()}
+        metrics = {**metrics, **(memory.figures() if memory else {})}
         if improves(metrics[metric], best["score"], mode):
             best.update(score=metrics[metric], step=metrics["step"])
             if test:
@@ -154,14 +139,12 @@ def run_trial(
         on_eval({**metrics, **fixed}, get_state)
 
     name, splits = metric.removeprefix("val_"), data.splits
-    gate = cost_measures.DeviceGate(next(model.parameters()).device).training if costs else None
     last = train(
         model, splits["train"], splits["validation"], cfg, pad_id, report, resume, name,
-        data.scoring.positive, gate,
+        data.scoring.positive, memory.gate.training if memory else contextlib.nullcontext,
     )  # fmt: skip
     out = {**last, **fixed, "best_score": best["score"], "best_step": best["step"]}
-    if memory is not None:
-        out["train_peak_mb"] = memory.mb()
+    out.update(memory.figures() if memory else {})
     out["best_val_accuracy"] = best["accuracy"]  # classification; None for regression
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
@@ -171,6 +154,22 @@ def run_trial(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
     return out
+
+
+def _fixed(model, method: str, data: PreparedData, cfg: TrainConfig, cached: bool, given: str,
+           started: float) -> dict[str, Any]:  # fmt: skip
+    """What every result of a trial carries: its method, parameter counts, planned rounds."""
+    trainable, total = count_parameters(model)
+    return {
+        "method": method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+        "planned_iterations": len(eval_steps(len(data.splits["train"]), cfg)),
+        "feature_cache": cached,
+        "data_splits": given,
+        "setup_s": time.perf_counter() - started,
+    }
 
 
 def _measure_costs(model, method: str, knobs: dict, model_name: str, data: PreparedData,
