@@ -11,7 +11,11 @@ A run lives at ``<storage>/<name>/``, which is also Tune's experiment folder
 ``curves.parquet``              one row per evaluation round
 ``confirm.parquet``             ``peftsearch confirm``'s retrainings, tested once
 ``report.html``, ``pareto.svg``  the report and its static figure
+``optuna.journal``              the Optuna study (TPE, random), :mod:`search.tracking`
+``mlflow.db``                   ``search.loggers: [mlflow]``'s store (no tracking URI given)
 ==============================  =====================================================
+
+``search.loggers: [tensorboard]`` adds TensorBoard event files to each trial folder.
 
 A checkpoint's own files are :mod:`trainables.checkpoint`'s. Every file is
 reached through a ``pyarrow.fs`` filesystem, so a local folder, a shared (NFS)
@@ -45,6 +49,10 @@ CURVES_FILE = "curves.parquet"
 CONFIRM_FILE = "confirm.parquet"
 REPORT_FILE = "report.html"
 FIGURE_FILE = "pareto.svg"  # beside the report (the page links it by this name)
+# Written where a file can be appended to and locked: in a remote run folder they are kept in a
+# local cache and uploaded (search.tracking).
+JOURNAL_FILE = "optuna.journal"  # the Optuna study: optuna-dashboard and optuna.load_study read it
+MLFLOW_FILE = "mlflow.db"  # MLflow's SQLite store, when MLFLOW_TRACKING_URI is not set
 # A table's run-level facts (DataFrame.attrs: which knobs are log-scaled) in its Parquet metadata.
 ATTRS_KEY = b"peftsearch.attrs"
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's name for a trial's checkpoint folders

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from search.rundir import JOURNAL_FILE
 from search.space import Space
 from trainables.loop import improves
 
@@ -66,6 +67,50 @@ class PeftOptunaSearch(OptunaSearch):
         metric, mode = self.metric, self.mode
         return (metric[0], mode[0]) if isinstance(metric, list) else (metric, mode)
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            # The study's trials name their Tune trial: the key of the trials table.
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+        return config
+
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)
+        # A remote run's journal (search.tracking.RunJournal) goes up before Tune uploads this
+        # state: the stored study always holds every trial the stored searcher knows.
+        sync = getattr(self._storage, "sync", None)
+        if sync is not None:
+            sync()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._storage is not None:  # a journal: it may be ahead of this saved state
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """After a restore: trials the stored study finished or began after Tune saved this
+        searcher (the driver died in between).
+
+        One finished since is done here too: Tune reruns it from its checkpoint, and Optuna
+        takes a trial's end once. One begun since belongs to no trial Tune restores: failed.
+        """
+        import optuna
+
+        try:
+            frozen = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+            known = {ot_trial.number for ot_trial in self._ot_trials.values()}
+        except KeyError:  # Tune only logs an error from restore() and starts over: say why
+            raise RuntimeError(
+                f"the Optuna study {self._study_name!r} lacks trials this saved searcher knows: "
+                f"its journal ({JOURNAL_FILE} in the run folder) was removed or replaced"
+            ) from None
+        for trial_id, ot_trial in self._ot_trials.items():
+            if ot_trial.number in frozen and frozen[ot_trial.number].state.is_finished():
+                self._completed_trials.add(trial_id)
+        for number, t in frozen.items():
+            if t.state == optuna.trial.TrialState.RUNNING and number not in known:
+                self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Keep each trial's best round of the ranking metric: what Optuna is told at the end.
         metric, mode = self._ranking()
@@ -77,10 +122,15 @@ class PeftOptunaSearch(OptunaSearch):
         import optuna
 
         best = self._best.get(trial_id)
+        metric, mode = self._ranking()
+        if result and metric in result and improves(result[metric], best, mode):
+            # A round the scheduler ends the trial at (ASHA at max_t) comes here only, not
+            # through on_trial_result.
+            best = result[metric]
         if result and best is not None:
             # The best round, not the last: the value the trials table, the Pareto front, the
             # report, export and confirm rank by (Tune hands over the last result).
-            result = {**result, self._ranking()[0]: best}
+            result = {**result, metric: best}
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         planned = (result or {}).get("planned_iterations")
