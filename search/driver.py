@@ -40,6 +40,7 @@ from search.space import (
     load_space,
     validate,
 )
+from search.warmstart import WarmStart, plan_warm_start
 from trainables import checkpoint
 from trainables.data import PreparedData
 
@@ -71,10 +72,15 @@ def choose_run(space: Space, name: str | None, storage: str, resume: bool) -> tu
     return run, False
 
 
-def make_searcher(space: Space):
-    """Optuna (TPE or random) over the conditional space, or None for a grid."""
+def make_searcher(space: Space, warm: WarmStart | None = None, run: RunDir | None = None):
+    """Optuna (TPE or random) over the conditional space, or None for a grid.
+
+    ``warm``: earlier runs' finished trials go into the study, their configurations first.
+    ``run``: the study is kept in the run's journal (search.tracking); without it, in memory.
+    """
     import optuna
 
+    from search import tracking
     from search.searcher import DefineByRun, PeftOptunaSearch
     from search.space import objective_mode
 
@@ -101,13 +107,18 @@ def make_searcher(space: Space):
     # Each method's first trial comes first (its knobs sampled): a conditional space searched
     # at random from the start can leave a method untried in a short search.
     first = [{"method": m} for m in space.methods] if n >= len(space.methods) else None
-    return PeftOptunaSearch(
+    searcher = PeftOptunaSearch(
         space=DefineByRun(space),
         metric=metric,
         mode=mode,
         sampler=sampler,
-        points_to_evaluate=first,
+        points_to_evaluate=warm.points(first) if warm else first,
+        storage=tracking.journal(run) if run else None,
+        study_name=tracking.study_name(run) if run else None,
     )
+    if warm:
+        warm.seed(searcher)
+    return searcher
 
 
 def make_scheduler(space: Space):
@@ -160,11 +171,18 @@ def default_concurrency(space: Space) -> int:
 
 
 def build_tuner(
-    space: Space, data: PreparedData, run: RunDir, resume: bool, max_concurrent: int | None
+    space: Space,
+    data: PreparedData,
+    run: RunDir,
+    resume: bool,
+    max_concurrent: int | None,
+    warm: WarmStart | None = None,
 ):
-    """The Tune ``Tuner`` for a space (a new one, or one restored from ``run``)."""
+    """The Tune ``Tuner`` for a space (a new one, or one restored from ``run``, whose searcher
+    holds its study: ``warm`` seeds a new one only)."""
     from ray import tune
 
+    from search import tracking
     from search.progress import ProgressPrinter
     from trainables.trial import tune_trainable
 
@@ -174,6 +192,11 @@ def build_tuner(
     # (its whole traceback is in the trials table and the report), not a traceback on the console.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # Ray would add its TensorBoard logger to every run: the loggers are tracking.callbacks'
+    # (CSV and JSON, which the results read, and search.loggers), given to a new run below and
+    # restored with it from tuner.pkl.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    tracking.prepare(space, run, resume)  # a remote run's journal and MLflow store, W&B's mode
     cpus = space.resources.cpu
     trainable = tune.with_resources(
         # with_parameters puts the token ids in the object store once; every trial reads them.
@@ -200,7 +223,7 @@ def build_tuner(
         # A grid is Tune's own grid_search over whole trial configs (conditional knobs included).
         param_space={"grid": tune.grid_search(space.grid())} if grid else None,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space),
+            search_alg=make_searcher(space, warm, run),
             scheduler=make_scheduler(space),
             num_samples=1 if grid else space.search.num_samples,
             max_concurrent_trials=max_concurrent or default_concurrency(space),
@@ -221,7 +244,7 @@ def build_tuner(
                 checkpoint_score_order=space.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-            callbacks=[ProgressPrinter(space.metric, space.mode)],
+            callbacks=[ProgressPrinter(space.metric, space.mode), *tracking.callbacks(space, run)],
             verbose=0,  # ProgressPrinter's one line per event instead of Tune's tables
         ),
     )
@@ -316,7 +339,7 @@ def run(
     check_resources(space, address)
     config = check_fit(space)
     data = prepare_data(space, progress=not quiet, features=wants_features(space, config))
-
+    warm = None if resuming else plan_warm_start(space, data, quiet)  # refusals: before Ray
     init_ray(address)
     if address:
         check_live_cluster(space)
@@ -333,10 +356,11 @@ def run(
         "argv": sys.argv,
         "resources": asdict(space.resources),
         "sessions": previous.get("sessions", 0) + 1,
+        **(warm.record() if warm else {}),  # this run's fingerprints; what it reused
     }
     run_dir.write_json(RUN_FILE, record)
     tuner = build_tuner(
-        space, data, run_dir, resuming, max_concurrent or space.search.max_concurrent
+        space, data, run_dir, resuming, max_concurrent or space.search.max_concurrent, warm
     )
     fit_started = time.time()
     try:
@@ -359,6 +383,7 @@ def run(
 def finish(space, data, run_dir: RunDir, record: dict, live, wall: float, interrupted: bool,
            fit_started: float):  # fmt: skip
     """After ``fit()``: the tables and report from Tune's folder, pruning, the run's record."""
+    from reports.hypervolume import hypervolume_curve
     from search import results as results_mod
 
     res = results_mod.collect(run_dir, space=space, data=data, live_trials=live, wall_time_s=wall)
@@ -368,13 +393,19 @@ def finish(space, data, run_dir: RunDir, record: dict, live, wall: float, interr
     out_of_time = budget is not None and time.time() - fit_started >= budget
     res.complete = not interrupted and (done >= space.num_trials or out_of_time)
     res.disk = prune_checkpoints(run_dir, space.metric, space.mode) if res.complete else {}
+    from search import tracking
+
+    tracking.upload(run_dir)  # a remote run's journal and MLflow store, kept locally
     run_dir.write_json(
         RUN_FILE,
         {
             **record,
+            **tracking.record(space, run_dir, searcher=space.search.searcher != "grid"),
             "status": "finished" if res.complete else "interrupted",
             "stopped_by_time_budget": bool(out_of_time and done < space.num_trials),
             "wall_time_s": round(wall, 1),
+            # How the front grew, per completed trial and trial-second (reference point stated).
+            "hypervolume": hypervolume_curve(res.trials),
             **res.disk,
         },
     )

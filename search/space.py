@@ -98,6 +98,9 @@ search:
   time_budget_s: null         # stop the search after this many seconds
   max_concurrent: null        # trials at once; default: as many as the resources fit
   max_failures: 0             # retries of a failed trial, from its last checkpoint
+  loggers: null               # also log to: tensorboard (event files in the trial folders),
+                              #   mlflow (MLFLOW_TRACKING_URI, else mlflow.db in the run folder),
+                              #   wandb (offline unless WANDB_MODE / WANDB_API_KEY is set)
   warm_start: null            # earlier run folders (paths or URIs) whose configurations and
                               #   results seed this search (README: Warm starts)
 scheduler:
@@ -112,6 +115,35 @@ A distribution is a mapping with one key: {choice: [a, b]}, {int: [lo, hi]},
 {float: [lo, hi]}, {log: [lo, hi]} (lo > 0), {log_int: [lo, hi]}.
 """
 SEARCHERS = ("tpe", "random", "grid")
+# search.loggers: Ray Tune's logger callbacks (search.tracking) -> the module each needs; mlflow
+# and wandb are the extras of the same name.
+LOGGERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def logger_problems(loggers: Any) -> list[tuple[str, str]]:
+    """``search.loggers``: known names, each with its package installed (checked before Ray)."""
+    import importlib.util
+
+    if loggers is None:
+        return []
+    if not (isinstance(loggers, list) and all(isinstance(n, str) for n in loggers)):
+        return [("search.loggers", f"a list out of {list(LOGGERS)}, got {loggers!r}")]
+    out = []
+    for name in dict.fromkeys(loggers):
+        if name not in LOGGERS:
+            out.append(("search.loggers", f"unknown logger {name!r}; one of {list(LOGGERS)}"))
+        elif importlib.util.find_spec(LOGGERS[name]) is None:
+            extra = f"peftsearch[{name}]" if name != "tensorboard" else "tensorboardX"
+            out.append(
+                (
+                    "search.loggers",
+                    f"{name} needs the {LOGGERS[name]!r} package, which is not installed: "
+                    f"pip install '{extra}' (or drop {name})",
+                )
+            )
+    return out
+
+
 SCHEDULERS = ("asha", "pareto_asha", "none")
 # A search's first objective is val_<experiment.metric>, its ranking metric (ASHA,
 # checkpoints, "best" rank by it); one or two costs (trainables.costs) can follow, minimised.
@@ -405,12 +437,15 @@ class Search:
     time_budget_s: float | None = None
     max_concurrent: int | None = None
     max_failures: int = 0  # retries of a failed trial, from its last checkpoint
+    loggers: list[str] | None = None  # Ray Tune logger callbacks (LOGGERS, search.tracking)
     # Earlier runs (folders or URIs) to warm-start from; search.warmstart matches and reuses.
     warm_start: list[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
             self.objectives = [self.objectives]
+        if isinstance(self.loggers, str):
+            self.loggers = [self.loggers]
         if isinstance(self.warm_start, str):
             self.warm_start = [self.warm_start]
 
@@ -447,6 +482,7 @@ class Search:
                     f"got {self.max_failures!r}",
                 )
             )
+        out += logger_problems(self.loggers)
         out += self.warm_start_problems()
         return out
 

