@@ -134,7 +134,49 @@ def lines() -> list[tuple[str, str, str, str]]:
                     "yes" if r["met"] else f"no: {', '.join(r['failed']) or 'nothing ran'}"))  # fmt: skip
     if r := _load("gpu"):
         out.append(("gpu", _gpu(r), "measured where a CUDA GPU is available", "measured"))
+    if r := _load("inference_cost"):
+        out.append(("inference_cost", _inference(r), "each method's cost to serve, measured",
+                    "measured"))  # fmt: skip
+    if r := _load("warm_start"):
+        out.append(("warm_start", _warm(r), "warm start ahead of cold at equal trial-seconds",
+                    "yes" if _warm_ahead(r) else "no"))  # fmt: skip
     return out
+
+
+def _inference(r: dict) -> str:
+    """inference_cost: ms per example at batch 1 merged (unmerged) and batch 32, artifact MB."""
+    rows = ", ".join(
+        f"{x['method']} {x['infer_ms_b1']:.1f}"
+        + (f" ({x['infer_ms_b1_unmerged']:.1f} unmerged)"
+           if x["infer_ms_b1_unmerged"] != x["infer_ms_b1"] else "")
+        + f" / {x['infer_ms_b32']:.1f} ms, {x['artifact_mb']:.2f} MB"
+        for x in r["rows"]
+    )  # fmt: skip
+    return (f"{r['model']}, {r['max_length']} tokens, {r['precision']}, {r['threads']} threads, "
+            f"median of {r['rounds']} rounds; per method ms per example at batch 1 / batch 32 "
+            f"(merged where peft allows it), export size: {rows}" + _loaded(r))  # fmt: skip
+
+
+def _warm_at_budget(r: dict) -> dict:
+    return max(r["rows"], key=lambda x: x["trial_seconds"])
+
+
+def _warm_ahead(r: dict) -> bool:
+    x = _warm_at_budget(r)
+    return x["diff_mean"] > x["diff_std"]  # ahead by more than the seeds' spread
+
+
+def _warm(r: dict) -> str:
+    """warm_start: hypervolume warm vs cold at the trial-seconds budget and per trials."""
+    s, x = r["settings"], _warm_at_budget(r)
+    trials = "; ".join(f"after {t['trials']} trials warm {t['warm']}, cold {t['cold']}"
+                       for t in r.get("by_trials", []))  # fmt: skip
+    return (f"AG News searches ({s['trials']} trials of {', '.join(s['methods'])}, "
+            f"{s['train']} training examples, {s['model']}) warm-started from an SST-2 run vs "
+            f"cold, {len(s['seeds'])} seeds each: hypervolume of (val_accuracy, trainable_params) "
+            f"after {r['budget_trial_seconds']} trial-seconds warm {x['warm']}, cold {x['cold']} "
+            f"(warm - cold {x['warm - cold']}); {trials}. The source run reached "
+            f"{r['source']['best_val_accuracy']:.2f} on SST-2" + _loaded(r))  # fmt: skip
 
 
 def _unresolved(x: dict) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from test_methods import first
 
 from trainables.data import DatasetSpec, prepare
 from trainables.export import MANIFEST, export, load_model, rebuild
@@ -32,6 +33,21 @@ CASES = [
 ]
 
 
+# LoRA's variants and peft's other tuners (the rest go through the same code as LoHa): a peft
+# directory each, after a few training steps.
+PEFT_TUNERS = [
+    ("lora", {"lora_rank": 2, "lora_variant": "dora"}),
+    ("lora", {"lora_rank": 2, "lora_variant": "rslora", "lora_init": "gaussian"}),
+    # PiSSA and OLoRA rewrote the base weights: exported as plain LoRA of the original ones.
+    ("lora", {"lora_rank": 2, "lora_init": "pissa"}),
+    ("lora", {"lora_rank": 2, "lora_init": "olora", "lora_variant": "rslora"}),
+    ("lora", {"lora_rank": 2, "lora_init": "pissa", "lora_variant": "dora"}),
+    ("adalora", {"adalora_rank": 4}),
+    ("vera", {"vera_rank": 16}),
+    ("loha", {"loha_rank": 2}),
+]
+
+
 @pytest.fixture(scope="module")
 def data(tiny_bert, topics_tsv):
     return prepare(DatasetSpec(path=str(topics_tsv)), load_tokenizer(str(tiny_bert)), 32)
@@ -48,9 +64,22 @@ def logits(model, data) -> torch.Tensor:
     "method,knobs,fmt", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 )
 def test_export_round_trip(method, knobs, fmt, tiny_bert, data, tmp_path):
+    round_trip(method, knobs, fmt, tiny_bert, data, tmp_path, data.splits["train"])
+
+
+@pytest.mark.parametrize(
+    "method,knobs", PEFT_TUNERS, ids=[f"{c[0]}-{i}" for i, c in enumerate(PEFT_TUNERS)]
+)
+def test_peft_tuner_export_round_trip(method, knobs, tiny_bert, data, tmp_path):
+    """Loads onto the original base model, PiSSA's and OLoRA's rewritten weights included."""
+    round_trip(method, knobs, "peft", tiny_bert, data, tmp_path, first(data.splits["train"], 32))
+
+
+def round_trip(method, knobs, fmt, tiny_bert, data, tmp_path, train_split) -> None:
+    """Train, rebuild from the trainable state, export, load (ours and standard): same logits."""
     model = build_model(str(tiny_bert), data, method, knobs, seed=0)
     cfg = TrainConfig(learning_rate=1e-2, epochs=1, evals_per_epoch=1)
-    train(model, data.splits["train"], data.splits["validation"], cfg, 0, lambda m, s: None)
+    train(model, train_split, data.splits["validation"], cfg, 0, lambda m, s: None)
     expected = logits(model, data)
 
     rebuilt = rebuild(str(tiny_bert), data.label_names, method, knobs, trainable_state(model))

@@ -7,6 +7,10 @@ intermediate size I, vocabulary V, labels C). Adding a method adds a row.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +28,7 @@ from conftest import HIDDEN as H
 from conftest import INTERMEDIATE as I_
 from conftest import LAYERS as L
 
-from trainables.data import DatasetSpec, prepare
+from trainables.data import DatasetSpec, Encoded, prepare
 from trainables.loop import TrainConfig, collate, train
 from trainables.methods import METHODS, apply_method
 from trainables.model import count_parameters, load_classifier, load_tokenizer
@@ -158,6 +162,36 @@ def ia3(arch: str, targets: str) -> int:
     return nl(arch) * (kv + ffn) + head(arch)
 
 
+def linears(arch: str, targets: str) -> list[tuple[int, int]]:
+    """(in, out) of each adapted Linear in one layer: query and value, or every projection
+    (ModernBERT: fused Wqkv H -> 3H, attention output, fused Wi H -> 2I, Wo I -> H)."""
+    if arch == "modernbert":
+        qv = [(H, 3 * H)]
+        return qv if targets == "query_value" else qv + [(H, H), (H, 2 * I_), (I_, H)]
+    qv = [(H, H), (H, H)]
+    return qv if targets == "query_value" else qv + [(H, H), (H, H), (H, I_), (I_, H)]
+
+
+def per_linear(arch: str, targets: str, f) -> int:
+    """``f(in, out)`` summed over the adapted Linears of every distinct layer, plus the head."""
+    return nl(arch) * sum(f(i, o) for i, o in linears(arch, targets)) + head(arch)
+
+
+def factor(n: int) -> tuple[int, int]:
+    """LoKr's split of a width: the divisor pair closest to its square root, smaller first."""
+    a = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return a, n // a
+
+
+def lokr(arch: str, r: int, targets: str) -> int:
+    def one(i: int, o: int) -> int:
+        (o1, o2), (i1, i2) = factor(o), factor(i)
+        w2 = r * (o2 + i2) if r < max(o2, i2) / 2 else o2 * i2  # low-rank only where smaller
+        return o1 * i1 + w2
+
+    return per_linear(arch, targets, one)
+
+
 def prompt_tuning(arch: str, n: int) -> int:
     return n * token_dim(arch) + head(arch)
 
@@ -244,7 +278,45 @@ CASES = [
         NO_PREFIX,
     ),
 ]
+# peft's other tuners, and LoRA's variants: counted on every architecture, trained on BERT only
+# (a few steps: the shared peft machinery is what the rows above train everywhere).
+# A dict of refusals: architecture -> what the message must say.
+EVERYWHERE = {a: "" for a in ARCHS}
+PEFT_TUNERS = [
+    ("lora", {"lora_rank": 2, "lora_variant": "dora"},  # + DoRA's magnitude: one per output
+     lambda a, v: per_linear(a, "query_value", lambda i, o: 2 * (i + o) + o), ()),
+    ("lora", {"lora_rank": 2, "lora_variant": "rslora", "lora_init": "gaussian"},
+     lambda a, v: lora(a, 2, "query_value"), ()),
+    # PiSSA and OLoRA rewrite the targeted weights once; frozen from there on (checked here).
+    ("lora", {"lora_rank": 2, "lora_init": "pissa"}, lambda a, v: lora(a, 2, "query_value"), ()),
+    ("lora", {"lora_rank": 2, "lora_init": "olora", "lora_targets": "all_linear"},
+     lambda a, v: lora(a, 2, "all_linear"), ()),
+    ("adalora", {"adalora_rank": 4},  # P (r x in), Q (out x r), E (r)
+     lambda a, v: per_linear(a, "all_linear", lambda i, o: 4 * (i + o + 1)), ()),
+    ("vera", {"vera_rank": 16}, lambda a, v: per_linear(a, "query_value", lambda i, o: 16 + o), ()),
+    ("vera", {"vera_rank": 16, "vera_targets": "all_linear"},
+     lambda a, v: per_linear(a, "all_linear", lambda i, o: 16 + o), ()),
+    ("loha", {"loha_rank": 2}, lambda a, v: per_linear(a, "query_value", lambda i, o: 4 * (i + o)), ()),
+    ("lokr", {"lokr_rank": 2}, lambda a, v: lokr(a, 2, "query_value"), ()),
+    ("lokr", {"lokr_rank": 4, "lokr_targets": "all_linear"}, lambda a, v: lokr(a, 4, "all_linear"), ()),
+    ("oft", {"oft_block_size": 8},  # in / b blocks of b (b - 1) / 2
+     lambda a, v: per_linear(a, "query_value", lambda i, o: i // 8 * 28), ()),
+    ("oft", {"oft_block_size": 12}, None, {a: "does not divide the input width 32" for a in ARCHS}),
+    ("boft", {}, lambda a, v: per_linear(a, "query_value", lambda i, o: i * 4 + o), ()),
+    ("boft", {"boft_block_size": 12}, None, {a: "must be divisible by boft_block_size" for a in ARCHS}),
+    ("hra", {"hra_rank": 4}, lambda a, v: per_linear(a, "query_value", lambda i, o: 4 * i), ()),
+    ("fourierft", {"fourierft_frequencies": 64, "fourierft_targets": "all_linear"},
+     lambda a, v: per_linear(a, "all_linear", lambda i, o: 64), ()),
+    # More coefficients than a query projection has entries (H x H), fewer than ModernBERT's Wqkv.
+    ("fourierft", {"fourierft_frequencies": 2 * H * H},
+     lambda a, v: per_linear(a, "query_value", lambda i, o: 2 * H * H),
+     {a: "n_frequency` should be less than or equal" for a in ARCHS if a != "modernbert"}),
+    ("ln_tuning", {}, lambda a, v: layer_norms(a) + head(a), ()),
+]  # fmt: skip
+TRAINED_EVERYWHERE = len(CASES)
+CASES += PEFT_TUNERS
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+ROWS = [(*c, i < TRAINED_EVERYWHERE) for i, c in enumerate(CASES)]
 
 
 def test_every_registered_method_has_a_case():
@@ -257,14 +329,26 @@ def datasets(tiny_models, topics_tsv):
     return {a: prepare(spec, load_tokenizer(str(p)), 32) for a, p in tiny_models.items()}
 
 
+def first(split: Encoded, n: int) -> Encoded:
+    """The first ``n`` examples of a split (a few training steps)."""
+    tti = split.token_type_ids
+    return dataclasses.replace(
+        split,
+        input_ids=split.input_ids[:n],
+        labels=split.labels[:n],
+        token_type_ids=None if tti is None else tti[:n],
+    )
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method,knobs,formula,unsupported", CASES, ids=IDS)
+@pytest.mark.parametrize("method,knobs,formula,unsupported,everywhere", ROWS, ids=IDS)
 def test_trainable_params_match_formula_and_only_they_move(
-    arch, method, knobs, formula, unsupported, tiny_models, datasets
+    arch, method, knobs, formula, unsupported, everywhere, tiny_models, datasets
 ):
     data = datasets[arch]
     if arch in unsupported:
-        with pytest.raises(ValueError, match=method):
+        why = unsupported[arch] if isinstance(unsupported, dict) else ""
+        with pytest.raises(ValueError, match=f"^{method}: .*{re.escape(why)}"):
             build_model(str(tiny_models[arch]), data, method, knobs, seed=0)
         return
     vocab = len(load_tokenizer(str(tiny_models[arch])))
@@ -272,12 +356,18 @@ def test_trainable_params_match_formula_and_only_they_move(
     trainable, total = count_parameters(model)
     assert trainable == formula(arch, vocab)
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not everywhere and arch != "bert":
+        return
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = TrainConfig(
         learning_rate=1e-2, epochs=1, batch_size=16, evals_per_epoch=1, warmup_ratio=0.0
     )
-    train(model, data.splits["train"], data.splits["validation"], cfg, 0, lambda m, s: None)
+    train_split, val = data.splits["train"], data.splits["validation"]
+    if not everywhere:  # two steps: every trainable parameter has had a gradient by then
+        train_split, val = first(train_split, 32), first(val, 16)
+    out = train(model, train_split, val, cfg, 0, lambda m, s: None)
+    assert np.isfinite(out["train_loss"]) and np.isfinite(out["val_loss"])
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(p, before[name]), f"{method}: trainable {name} did not move"
@@ -446,10 +536,12 @@ def test_every_method_trains_a_regression_head(tiny_bert, tmp_path):
     spec = DatasetSpec(path=str(path), label="score")
     data = prepare(spec, load_tokenizer(str(tiny_bert)), 32, metric="pearson", validation=0.25)
     assert data.task == "regression"
-    first = {}
-    for method, knobs, _, _ in CASES:
-        first.setdefault(method, knobs)
-    for method, knobs in first.items():
+    firsts = {}
+    # peft's other tuners share LoRA's head and loss; AdaLoRA adds its penalty to the loss.
+    for method, knobs, _, unsupported, everywhere in ROWS:
+        if "bert" not in unsupported and (everywhere or method == "adalora"):
+            firsts.setdefault(method, knobs)
+    for method, knobs in firsts.items():
         model = build_model(str(tiny_bert), data, method, knobs, seed=0)
         cfg = TrainConfig(learning_rate=1e-3, epochs=1, batch_size=16, evals_per_epoch=1)
         splits = fit_data(model, data).splits  # a prompt method's model takes no segment ids
@@ -463,3 +555,55 @@ def test_every_method_trains_a_regression_head(tiny_bert, tmp_path):
             metric="pearson",
         )
         assert np.isfinite(out["val_loss"]) and "val_pearson" in out, (method, out)
+
+
+def test_the_loop_starts_step_hooks_once_and_calls_them_after_each_step(tiny_bert, datasets):
+    """A module's STEP_HOOK learns the run's total steps, then sees every global step in order."""
+    from trainables.loop import STEP_HOOK
+
+    model = build_model(str(tiny_bert), datasets["bert"], "head_only", {}, seed=0)
+    calls: dict[str, list[int]] = {"start": [], "step": []}
+
+    def start(total: int):
+        calls["start"].append(total)
+        return calls["step"].append
+
+    setattr(model.classifier, STEP_HOOK, start)  # any module of the model
+    cfg = TrainConfig(epochs=2, batch_size=16, evals_per_epoch=1)
+    train(model, first(datasets["bert"].splits["train"], 40), first(datasets["bert"].splits["validation"], 8), cfg, 0, lambda m, s: None)  # fmt: skip
+    assert calls == {"start": [6], "step": [1, 2, 3, 4, 5, 6]}  # 3 batches per epoch
+
+
+def test_adalora_allocates_its_rank_budget_by_the_end(tiny_bert, datasets):
+    """The schedule learns the total steps from the loop; the last allocation leaves the average
+    rank at ``rank * keep``: at most that many singular values nonzero."""
+    knobs = {"adalora_rank": 4, "adalora_keep": 0.5}
+    model = build_model(str(tiny_bert), datasets["bert"], "adalora", knobs, seed=0)
+    cfg = TrainConfig(learning_rate=1e-2, epochs=1, batch_size=16, evals_per_epoch=1)
+    data = datasets["bert"].splits
+    train(model, first(data["train"], 64), first(data["validation"], 8), cfg, 0, lambda m, s: None)
+    assert model.peft_config["default"].total_step == 4
+    values = [p for n, p in model.named_parameters() if "lora_E" in n]
+    assert len(values) == 6 * L and all(p.numel() == 4 for p in values)  # every projection
+    kept = sum(int((p != 0).sum()) for p in values)
+    assert 0 < kept <= 2 * len(values)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_and_olora_rewrite_the_targeted_weights_at_initialisation(init, tiny_bert, datasets):
+    """... and nothing else (training keeps them frozen: the table's rows check that)."""
+    pretrained = dict(load_classifier(str(tiny_bert), C).named_parameters())
+    knobs = {"lora_rank": 2, "lora_init": init}
+    model = build_model(str(tiny_bert), datasets["bert"], "lora", knobs, seed=0)
+    changed = {
+        name.replace(".base_layer", "")
+        for name, p in model.named_parameters()
+        if not p.requires_grad
+        and name.replace(".base_layer", "") in pretrained
+        and not torch.equal(p, pretrained[name.replace(".base_layer", "")])
+    }
+    assert changed == {
+        f"bert.encoder.layer.{i}.attention.self.{w}.weight"
+        for i in range(L)
+        for w in ("query", "value")
+    }

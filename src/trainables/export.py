@@ -3,7 +3,9 @@
 * ``full``, ``freeze``, ``bitfit``, ``head_only``, and ``linear_probe`` on
   BERT (whose head already is one linear layer): a transformers model
   directory - ``AutoModelForSequenceClassification.from_pretrained(OUT)``.
-* ``lora``, ``ia3``, ``prompt_tuning``, ``p_tuning``: a peft adapter directory -
+* peft's methods (``lora`` and its variants, ``ia3``, ``adalora``, ``vera``, ``loha``,
+  ``lokr``, ``oft``, ``boft``, ``hra``, ``fourierft``, ``ln_tuning``, ``prompt_tuning``,
+  ``p_tuning``): a peft adapter directory -
   ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=C), OUT)``.
 * ``adapter``, ``prefix`` (in-house modules) and ``linear_probe`` elsewhere
   (the native head reduced to its classifier): the trained parameters in
@@ -68,7 +70,7 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
     if fmt == "transformers":
         model.save_pretrained(out, safe_serialization=True)
     elif fmt == "peft":
-        _to_peft(model, manifest, model_name).save_pretrained(out, safe_serialization=True)
+        _save_peft(model, out, manifest, model_name)
     else:
         trained = {
             n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
@@ -79,42 +81,79 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
     return out
 
 
-def _to_peft(model: nn.Module, manifest: dict[str, Any], model_name: str):
-    """A real ``PeftModel`` holding the trained parameters (LoRA and IA3 were injected in place)."""
-    from peft import IA3Config, LoraConfig, PeftModel
+def _save_peft(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: str) -> None:
+    """Write a peft adapter directory that loads onto the original base model.
 
-    if isinstance(model, PeftModel):
-        return model  # prompt methods already are PeftModels
+    Prompt methods already are ``PeftModel``s. A tuner injected in place (LoRA,
+    IA3, AdaLoRA, LoHa, ...) recorded its config in ``model.peft_config``: the
+    same config, on a fresh copy of the base model, gives a ``PeftModel`` of the
+    same structure, and the trained parameters are copied into it. An
+    initialisation that rewrote the base weights (PiSSA, OLoRA) is converted by
+    peft to a plain LoRA adapter of the original weights (rank ``2r``).
+    """
+    import copy
+    import tempfile
+
+    from peft import PeftModel
 
     from trainables.methods._base import head_modules, quiet_get_peft_model
 
-    peft_cfg = model.peft_config["default"]  # what inject_adapter_in_model recorded
-    kwargs = {k: getattr(peft_cfg, k) for k in ("target_modules",)}
-    if manifest["method"] == "lora":
-        cfg = LoraConfig(
-            r=peft_cfg.r,
-            lora_alpha=peft_cfg.lora_alpha,
-            lora_dropout=peft_cfg.lora_dropout,
-            **kwargs,
-        )
-    else:
-        cfg = IA3Config(feedforward_modules=peft_cfg.feedforward_modules, **kwargs)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out, safe_serialization=True)
+        return
+    config = copy.deepcopy(model.peft_config["default"])  # what the injection recorded
     fresh = load_classifier(model_name, len(manifest["label_names"]), manifest["label_names"])
-    cfg.task_type = "SEQ_CLS"
-    cfg.modules_to_save = head_modules(fresh)
-    wrapped = quiet_get_peft_model(fresh, cfg)
-    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    config.task_type, config.modules_to_save = "SEQ_CLS", head_modules(fresh)
+    config.inference_mode = False
+    wrapped = quiet_get_peft_model(fresh, config)
+    mutated = str(getattr(config, "init_lora_weights", "")).lower() in MUTATING_INITS
+    with tempfile.TemporaryDirectory(prefix="peftsearch-export-") as tmp:
+        if mutated:  # the adapter as initialised: what peft subtracts to convert
+            wrapped.save_pretrained(Path(tmp) / "initial", safe_serialization=True)
+        _copy_trained(model, wrapped)
+        if not mutated:
+            wrapped.save_pretrained(out, safe_serialization=True)
+            return
+        wrapped.save_pretrained(Path(tmp) / "plain", safe_serialization=True)
+        wrapped.save_pretrained(
+            out,
+            safe_serialization=True,
+            path_initial_model_for_weight_conversion=str(Path(tmp) / "initial"),
+        )
+        _restore_left_out(out / ADAPTER_FILE, Path(tmp) / "plain" / ADAPTER_FILE)
+
+
+# peft's names: the initialisations that rewrite the base weights, its adapter weights file.
+MUTATING_INITS = ("pissa", "olora")
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def _copy_trained(model: nn.Module, wrapped: nn.Module) -> None:
+    """The trained parameters of the in-place ``model`` into peft's ``wrapped`` copy."""
     target = dict(wrapped.named_parameters())
+    head = set(wrapped.peft_config["default"].modules_to_save)
     with torch.no_grad():
-        for name, p in trained.items():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
             top = name.split(".")[0]
-            if top in cfg.modules_to_save:  # the head trains as peft's modules_to_save copy
-                rest = name[len(top) + 1 :]
-                key = f"base_model.model.{top}.modules_to_save.default.{rest}"
+            if top in head:  # the head trains as peft's modules_to_save copy
+                key = f"base_model.model.{top}.modules_to_save.default.{name[len(top) + 1 :]}"
             else:
                 key = f"base_model.model.{name}"
             target[key].copy_(p)
-    return wrapped
+
+
+def _restore_left_out(converted: Path, plain: Path) -> None:
+    """Put back what peft's PiSSA/OLoRA conversion leaves out of the adapter file: it keeps only
+    the LoRA matrices, not the head (``modules_to_save``) nor DoRA's magnitudes, which apply to
+    the original weights unchanged (DoRA normalises ``W + BA``, the same matrix either way)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(converted))
+    for name, t in load_file(str(plain)).items():
+        tensors.setdefault(name, t)
+    save_file(tensors, str(converted), metadata={"format": "pt"})
 
 
 def load_model(path: str | Path) -> nn.Module:

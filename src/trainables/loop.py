@@ -237,6 +237,24 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 EvalCallback = Callable[[dict[str, Any], Callable[[], dict]], None]
 
+# A method that drives its modules while training (AdaLoRA's rank allocation) sets this attribute
+# on a module of the model: a function of the run's total optimizer steps, called once before
+# training, that returns the function to call with the global step (1, 2, ...) after each
+# optimizer step, while the gradients are still there. Any method, any module; the loop adds a
+# Python call per step and nothing that waits for the device.
+STEP_HOOK = "peftsearch_step_hook"
+
+
+def step_hooks(model: nn.Module, total: int) -> Callable[[int], None]:
+    """The per-step function of every :data:`STEP_HOOK` in ``model``, started with ``total``."""
+    hooks = [m.__dict__[STEP_HOOK](total) for m in model.modules() if STEP_HOOK in m.__dict__]
+
+    def on_step(step: int) -> None:
+        for hook in hooks:
+            hook(step)
+
+    return on_step
+
 
 # Steps between checks that the training loss is finite: each check waits for the device,
 # so not every step; an evaluation round checks too.
@@ -262,8 +280,7 @@ def train(
     ``metric`` (``positive``: f1's positive label), its best round so far ``best_val_metric``.
     Nothing waits for the device per step: the loss is summed on the device and checked for
     NaN/inf every ``FINITE_EVERY`` steps and at each evaluation. ``gate``: held around each
-    step and evaluation (:class:`trainables.costs.DeviceGate`).
-    """
+    step and evaluation (:class:`trainables.costs.DeviceGate`). Step hooks: :func:`step_hooks`."""
     device = next(model.parameters()).device
     precision = amp.resolve(cfg.precision, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
@@ -272,7 +289,7 @@ def train(
     evals = set(eval_steps(len(train_data), cfg))
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = make_optimizer(model, cfg)
+    optimizer, on_step = make_optimizer(model, cfg), step_hooks(model, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     scaler = amp.grad_scaler(precision)
     step, elapsed, best = 0, 0.0, None
@@ -294,6 +311,7 @@ def train(
         with gate(), amp.autocast(device, precision):
             loss = model(**collate(train_data, idx, pad_id, device)).loss
             optimizer_step(loss, params, optimizer, scaler, cfg.max_grad_norm)
+            on_step(step + 1)  # after the update, before the gradients are cleared
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

@@ -10,17 +10,26 @@ from typing import Any
 from torch import nn
 
 from trainables.methods import (
+    adalora,
     adapter,
     bitfit,
+    boft,
+    fourierft,
     freeze,
     full,
     head_only,
+    hra,
     ia3,
     linear_probe,
+    ln_tuning,
+    loha,
+    lokr,
     lora,
+    oft,
     p_tuning,
     prefix,
     prompt_tuning,
+    vera,
 )
 from trainables.methods._base import Knob, Method, freeze_base
 
@@ -35,6 +44,15 @@ METHODS: dict[str, Method] = {
         adapter.METHOD,
         lora.METHOD,
         ia3.METHOD,
+        adalora.METHOD,
+        vera.METHOD,
+        loha.METHOD,
+        lokr.METHOD,
+        oft.METHOD,
+        boft.METHOD,
+        hra.METHOD,
+        fourierft.METHOD,
+        ln_tuning.METHOD,
         prompt_tuning.METHOD,
         p_tuning.METHOD,
         prefix.METHOD,

@@ -217,7 +217,8 @@ def norms_in_layers(model: nn.Module) -> list[nn.Module]:
         for group in layer_modules(model)
         for root in group
         for m in root.modules()
-        if isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
+        # A norm holds no modules: RoBERTa-PreLayerNorm's layers are "...PreLayerNormLayer".
+        if isinstance(m, nn.LayerNorm) or ("norm" in type(m).__name__.lower() and not m._modules)
     ]
 
 

@@ -148,13 +148,55 @@ def quiet_get_peft_model(model: nn.Module, config) -> nn.Module:
         return get_peft_model(model, config)
 
 
-def inject_peft(model: nn.Module, config, marker: str) -> nn.Module:
-    """Inject a peft tuner in place; only its parameters (named ``*marker*``) and the head train."""
-    from peft import inject_adapter_in_model
+# What a peft tuner adapts (its ``<method>_targets`` knob): attention query and value, or every
+# projection the roles name (attention and feed-forward).
+TARGETS = ("query_value", "all_linear")
+
+
+def targets_knob(method: str, default: str = "query_value") -> Knob:
+    """The ``<method>_targets`` knob every peft tuner shares."""
+    return Knob(
+        f"{method}_targets",
+        "choice",
+        default,
+        choices=TARGETS,
+        help="attention query/value projections, or every linear layer of the encoder",
+    )
+
+
+def peft_targets(model: nn.Module, method: str, choice: str) -> str:
+    """peft's ``target_modules`` for ``choice`` (:data:`TARGETS`), from the shared role discovery."""
+    from trainables.methods._arch import ROLES, arch_of
+
+    wanted = ("query", "value") if choice == "query_value" else ROLES
+    roles = arch_of(model, method)
+    try:
+        return roles.regex(*wanted)
+    except ValueError as e:
+        raise ValueError(f"{method}: {e}") from None
+
+
+def inject_peft(model: nn.Module, config, marker: str | None = None) -> nn.Module:
+    """Inject a peft tuner in place; only its parameters (named ``*marker*``, default the
+    tuner's own prefix: ``lora_``, ``hada_``, ...) and the head train."""
+    return inject_tuner(model, config, marker)[0]
+
+
+def inject_tuner(model: nn.Module, config, marker: str | None = None):
+    """:func:`inject_peft`, returning ``(model, tuner)``: the peft tuner object, for a method
+    that drives it while training (AdaLoRA's rank allocation).
+
+    The tuner class is built directly, as ``peft.inject_adapter_in_model`` does, which refuses
+    tuners with state shared across layers (VeRA's random projections): here the layers keep
+    references to that state, so the model alone still holds everything it runs.
+    """
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     freeze_base(model)
     head = {n for n, p in model.named_parameters() if p.requires_grad}
-    model = inject_adapter_in_model(config, model)
+    tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
+    tuner = tuner_cls(model, config, adapter_name="default")
+    marker = marker or tuner.prefix
     for name, p in model.named_parameters():
         p.requires_grad_(marker in name or name in head)
-    return model
+    return model, tuner

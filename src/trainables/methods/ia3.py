@@ -27,7 +27,7 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         )
     except ValueError as e:
         raise ValueError(f"ia3: {e}") from None
-    return inject_peft(model, config, "ia3_")
+    return inject_peft(model, config)
 
 
 METHOD = Method(

@@ -1,8 +1,18 @@
 """LoRA (Hu et al. 2021) through peft: low-rank updates of chosen projections.
 
-peft's ``inject_adapter_in_model`` edits the transformers model in place, so
-the shared loop trains it like any other model. Parameters per adapted
-``Linear(in, out)``: ``rank * (in + out)``.
+peft's tuner edits the transformers model in place, so the shared loop trains
+it like any other model. Parameters per adapted ``Linear(in, out)``:
+``rank * (in + out)``, plus ``out`` for DoRA's magnitude vector.
+
+Variants (``lora_variant``): DoRA (Liu et al. 2024: the update's direction and
+magnitude trained apart) and rsLoRA (Kalajdzievski 2023: scaled by
+``alpha / sqrt(r)``, not ``alpha / r``). Initialisations (``lora_init``): peft's
+default (B = 0), Gaussian A, PiSSA (Meng et al. 2024: A and B from the weight's
+top singular vectors) and OLoRA (Büyükakyüz 2024: from its QR decomposition).
+PiSSA and OLoRA move that part out of the frozen weight (``W_res = W - BA``),
+so the base model changes once, at initialisation, and stays frozen after;
+export turns the trained update back into a plain LoRA adapter of the original
+model (rank ``2r``: ``W_res + BA = W + [B, -B0][A; A0]``).
 """
 
 from __future__ import annotations
@@ -11,26 +21,32 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._arch import ROLES, arch_of
-from trainables.methods._base import Knob, Method, inject_peft
+from trainables.methods._base import Knob, Method, inject_peft, peft_targets, targets_knob
+
+# lora_init -> peft's init_lora_weights.
+INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+# Initialisations that rewrite the base weights (peft converts them to plain LoRA on export).
+MUTATING = ("pissa", "olora")
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject LoRA into the targeted projections."""
     from peft import LoraConfig
 
-    roles = arch_of(model, "lora")
-    wanted = ("query", "value") if knobs["lora_targets"] == "query_value" else ROLES
-    try:
-        targets = roles.regex(*wanted)
-    except ValueError as e:
-        raise ValueError(f"lora: {e}") from None
+    init = knobs["lora_init"]
+    # A weightless model (validate, the support matrix) has nothing to decompose: the
+    # initialisation only changes values, never which parameters there are.
+    if init in MUTATING and next(model.parameters()).device.type == "meta":
+        init = "default"
     config = LoraConfig(
         r=knobs["lora_rank"],
         lora_alpha=knobs["lora_alpha"],
         lora_dropout=knobs["lora_dropout"],
         # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
-        target_modules=targets,
+        target_modules=peft_targets(model, "lora", knobs["lora_targets"]),
+        use_dora=knobs["lora_variant"] == "dora",
+        use_rslora=knobs["lora_variant"] == "rslora",
+        init_lora_weights=INITS[init],
     )
     return inject_peft(model, config, "lora_")
 
@@ -46,15 +62,24 @@ METHOD = Method(
             "float",
             16.0,
             low=0.0,
-            help="scale: the update is multiplied by alpha / r",
+            help="scale: the update is multiplied by alpha / r (alpha / sqrt(r) for rslora)",
         ),
         Knob("lora_dropout", "float", 0.0, low=0.0, high=0.9, help="dropout on the LoRA input"),
+        targets_knob("lora"),
         Knob(
-            "lora_targets",
+            "lora_variant",
             "choice",
-            "query_value",
-            choices=("query_value", "all_linear"),
-            help="attention query/value projections, or every linear layer of the encoder",
+            "lora",
+            choices=("lora", "dora", "rslora"),
+            help="lora; dora: magnitude and direction trained apart; rslora: alpha / sqrt(r)",
+        ),
+        Knob(
+            "lora_init",
+            "choice",
+            "default",
+            choices=tuple(INITS),
+            help="default (B = 0), gaussian, pissa (top singular vectors), olora (QR); "
+            "pissa and olora move that part out of the frozen weights",
         ),
     ),
     export="peft",
