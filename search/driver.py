@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -207,6 +208,9 @@ def build_tuner(
             cpus=max(1, int(cpus)),
             metric=space.metric,
             mode=space.mode,
+            # Costs are measured once per structure and node in this session of this search:
+            # a fresh id, so a rerun of the same name never reuses another run's figures.
+            cost_scope=f"{run.name}-{uuid.uuid4().hex}",
         ),
         {"cpu": cpus, "gpu": space.resources.gpu},
     )

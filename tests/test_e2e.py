@@ -14,6 +14,7 @@ import search
 from search.cli import main
 from search.results import KNOB_COLUMNS
 from search.rundir import CURVES_FILE, REPORT_FILE, TRIALS_FILE
+from search.space import validate
 
 pytestmark = pytest.mark.slow
 
@@ -170,6 +171,20 @@ def test_every_trial_row_carries_what_it_costs(finished_run):
     full = trials[trials["method"] == "full"]
     assert (full["infer_ms_b1"] == full["infer_ms_b1_unmerged"]).all()
     assert trials["ended_at"].notna().all()
+
+
+def test_a_rerun_of_the_same_name_measures_its_own_costs(
+    ray_local, tmp_path, tiny_bert, topics_tsv
+):
+    # Costs are shared between the trials of one search only: a second search of the same name
+    # (another storage, the same Ray session) measures again instead of reusing the first's.
+    reused = []
+    for where in ("a", "b"):
+        space = tiny_space(tiny_bert, topics_tsv, tmp_path / where, methods=["bitfit"],
+                           search={"num_samples": 2, "max_concurrent": 1})  # fmt: skip
+        space["experiment"]["name"] = "same"
+        reused.append(search.run(validate(space)).trials["costs_reused"].tolist())
+    assert reused == [[False, True], [False, True]]
 
 
 def test_results_command_prints_the_tables(finished_run, capsys):

@@ -256,8 +256,12 @@ def tune_trainable(
     cpus: int,
     metric: str | None = None,
     mode: str | None = None,
+    cost_scope: str | None = None,
 ) -> None:
     """The Ray Tune function trainable.
+
+    ``cost_scope``: the search session whose trials share cost measurements (the driver gives
+    each a fresh one); without it, this driver's Ray job and the experiment's name.
 
     Each evaluation is reported with a checkpoint of the trainable parameters
     and optimizer state, so a retried or restored trial continues from it.
@@ -291,8 +295,7 @@ def tune_trainable(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         _injected_fault(flat["method"], rounds, restored=resume is not None)
 
-    # Costs are measured once per model structure in this search (this driver's Ray job).
-    scope = f"{ctx.get_job_id()}:{tune.get_context().get_experiment_name()}"
+    scope = cost_scope or f"{ctx.get_job_id()}:{tune.get_context().get_experiment_name()}"
     run_trial(
         flat, data, model_name, on_eval, cpus=cpus, resume=resume, metric=metric, mode=mode,
         cost_scope=scope,
