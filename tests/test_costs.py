@@ -44,9 +44,11 @@ def test_nothing_to_merge_gives_no_copy(tiny_bert, method):
 
 
 def test_measure_inference_gives_every_figure(tiny_bert):
-    out = costs.measure_inference(
-        _model(tiny_bert, "lora"), "lora", {}, str(tiny_bert), LABELS, 16, "fp32"
-    )
+    model = _model(tiny_bert, "lora")
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    out = costs.measure_inference(model, "lora", {}, str(tiny_bert), LABELS, 16, "fp32")
+    # Measured as served (nothing requires grad), then handed back as it came: ready to train.
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trains
     assert set(out) == set(costs.INFERENCE_COSTS)
     assert all(v is not None and v > 0 for v in out.values()), out
     full = costs.measure_inference(

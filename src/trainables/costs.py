@@ -334,6 +334,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # timings only; once per timed pass, never in training
 
 
+@contextlib.contextmanager
+def serving(model: nn.Module):
+    """The model as a server holds it: no parameter requires grad (autocast would otherwise
+    cache low-precision copies of the weights that do - full fine-tuning's, not a frozen
+    base's - and count them in its memory). The flags are put back afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 @torch.no_grad()
 def time_forward(model: nn.Module, batch: int, length: int, precision: str) -> float:
     """Median milliseconds per example of a forward pass (warm-up passes not timed)."""
@@ -400,19 +416,20 @@ def measure_inference(
     was_training = model.training
     model.eval()
     out: dict[str, float | None] = {}
-    for b in BATCHES:
-        out[f"infer_ms_b{b}_unmerged"] = time_forward(model, b, max_length, precision)
-    merged = merged_copy(model)
-    if merged is None:  # nothing to merge: as trained is as served
-        out.update({f"infer_ms_b{b}": out[f"infer_ms_b{b}_unmerged"] for b in BATCHES})
-        out["infer_peak_mb"] = inference_peak_mb(model, max_length, precision)
-    else:
-        merged.eval()
-        out.update(
-            {f"infer_ms_b{b}": time_forward(merged, b, max_length, precision) for b in BATCHES}
-        )
-        out["infer_peak_mb"] = inference_peak_mb(merged, max_length, precision)
-        del merged
+    with serving(model):
+        for b in BATCHES:
+            out[f"infer_ms_b{b}_unmerged"] = time_forward(model, b, max_length, precision)
+        merged = merged_copy(model)
+        if merged is None:  # nothing to merge: as trained is as served
+            out.update({f"infer_ms_b{b}": out[f"infer_ms_b{b}_unmerged"] for b in BATCHES})
+            out["infer_peak_mb"] = inference_peak_mb(model, max_length, precision)
+        else:
+            merged.eval()
+            out.update(
+                {f"infer_ms_b{b}": time_forward(merged, b, max_length, precision) for b in BATCHES}
+            )
+            out["infer_peak_mb"] = inference_peak_mb(merged, max_length, precision)
+            del merged
     out["artifact_mb"] = artifact_mb(model, model_name, method, knobs, labels)
     model.train(was_training)
     return out
