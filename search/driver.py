@@ -171,6 +171,20 @@ def default_concurrency(space: Space) -> int:
     return max(1, int(slots))
 
 
+def _tune_environment() -> None:
+    """Tune's settings that peftsearch owns (a user's own environment wins)."""
+    # Tune warns when small checkpoints are frequent; ours are, by design (one per evaluation).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # ProgressPrinter is the live view: no result boxes, and a failed trial is one line there
+    # (its whole traceback is in the trials table and the report), not a traceback on the console.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # Ray would add its TensorBoard logger to every run: the loggers are tracking.callbacks'
+    # (CSV and JSON, which the results read, and search.loggers), given to a new run and
+    # restored with it from tuner.pkl.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
 def build_tuner(
     space: Space,
     data: PreparedData,
@@ -187,16 +201,7 @@ def build_tuner(
     from search.progress import ProgressPrinter
     from trainables.trial import tune_trainable
 
-    # Tune warns when small checkpoints are frequent; ours are, by design (one per evaluation).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # ProgressPrinter is the live view: no result boxes, and a failed trial is one line there
-    # (its whole traceback is in the trials table and the report), not a traceback on the console.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    # Ray would add its TensorBoard logger to every run: the loggers are tracking.callbacks'
-    # (CSV and JSON, which the results read, and search.loggers), given to a new run below and
-    # restored with it from tuner.pkl.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    _tune_environment()
     tracking.prepare(space, run, resume)  # a remote run's journal and MLflow store, W&B's mode
     cpus = space.resources.cpu
     trainable = tune.with_resources(
