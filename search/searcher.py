@@ -75,12 +75,15 @@ class PeftOptunaSearch(OptunaSearch):
         return config
 
     def save(self, checkpoint_path: str) -> None:
-        super().save(checkpoint_path)
-        # A remote run's journal (search.tracking.RunJournal) goes up before Tune uploads this
-        # state: the stored study always holds every trial the stored searcher knows.
+        # A remote run's journal (search.tracking.RunJournal) goes up before this state is even
+        # written: Tune uploads the state from a background thread, which could otherwise send
+        # it ahead of the journal, and a resumed searcher that knows a trial its study lacks
+        # cannot tell Optuna that trial's end (with one trial at a time, the search then waits
+        # forever). The stored study always holds every trial the stored searcher knows.
         sync = getattr(self._storage, "sync", None)
         if sync is not None:
             sync()
+        super().save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
