@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from trainables.methods import _layers
 from trainables.model import head_parameter_names
 
 
@@ -21,7 +22,7 @@ class Knob:
     """One hyperparameter of a method: its type, default and allowed values."""
 
     name: str
-    kind: str  # "int" | "float" | "choice"
+    kind: str  # "int" | "float" | "choice" | "layers" (a placement: trainables.methods._layers)
     default: Any
     low: float | None = None
     high: float | None = None
@@ -33,6 +34,8 @@ class Knob:
         """None if ``value`` is allowed, else what is wrong with it."""
         if self.kind == "choice":
             return None if value in self.choices else f"must be one of {list(self.choices)}"
+        if self.kind == "layers":
+            return _layers.spec_problem(value)
         if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
             return "must be an integer"
         if self.kind == "float" and (
@@ -49,10 +52,14 @@ class Knob:
         """The allowed values, for ``peftsearch methods`` and error messages."""
         if self.kind == "choice":
             return "one of " + ", ".join(map(str, self.choices))
+        if self.kind == "layers":
+            return _layers.DESCRIBE
         return f"{self.kind} in [{self.low}, {self.high if self.high is not None else 'inf'}]"
 
 
-# How much of the encoder a configuration leaves frozen, as the feature cache needs to know:
+# How much of the encoder a configuration leaves frozen, as the caches need to know
+# (Method.frozen): these two, or an int k - the layers below k are frozen and unchanged, so the
+# hidden states entering layer k are the pretrained model's (the layer cache serves them).
 HEAD = "head"  # everything below the classification head is frozen: only the head trains
 LAST_LAYER = "last_layer"  # frozen up to the last layer's output; position-wise modules train on it
 # Export formats (trainables.export): a transformers model directory, a peft adapter directory,
@@ -69,8 +76,10 @@ class Method:
     """A fine-tuning method: a name, its knobs, the function that applies it, and its facts.
 
     ``frozen(knobs, config)``: how far up the encoder a configuration is
-    frozen (:data:`HEAD`, :data:`LAST_LAYER` or None); the feature cache
-    serves the configurations that train only above the frozen encoder.
+    frozen (:data:`HEAD`, :data:`LAST_LAYER`, an int k: nothing below layer k
+    trains or changes, or None); the feature cache serves the configurations
+    that train only above the frozen encoder, the layer cache those frozen
+    below layer k.
     ``export``: its export format, or a function of the model type.
     """
 
@@ -78,7 +87,7 @@ class Method:
     apply: Callable[[nn.Module, dict[str, Any]], nn.Module]
     help: str
     knobs: tuple[Knob, ...] = field(default_factory=tuple)
-    frozen: Callable[[dict[str, Any], Any], str | None] = _nothing_frozen
+    frozen: Callable[[dict[str, Any], Any], str | int | None] = _nothing_frozen
     export: str | Callable[[str], str] = "peftsearch"
 
     def __post_init__(self) -> None:
@@ -98,6 +107,11 @@ class Method:
     def log_knobs(self) -> tuple[str, ...]:
         """The knobs on a log scale."""
         return tuple(k.name for k in self.knobs if k.log)
+
+
+def layers_knob() -> Knob:
+    """The ``layers`` knob of every method that lives in encoder layers (placement)."""
+    return Knob("layers", "layers", "all", help=_layers.HELP)
 
 
 def freeze_base(model: nn.Module) -> nn.Module:

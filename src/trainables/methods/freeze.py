@@ -50,8 +50,11 @@ METHOD = Method(
             help="k: encoder layers frozen from the bottom",
         ),
     ),
+    # Every layer frozen: the head's vector is cached; k of them: the hidden states entering k.
     frozen=lambda knobs, config: (
-        LAST_LAYER if knobs.get("freeze_layers", 0) >= config.num_hidden_layers else None
+        LAST_LAYER
+        if knobs.get("freeze_layers", 0) >= config.num_hidden_layers
+        else knobs.get("freeze_layers") or None
     ),
     export="transformers",
 )
