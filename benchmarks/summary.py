@@ -82,6 +82,15 @@ def lines() -> list[tuple[str, str, str, str]]:
                     f"one trial: {'yes' if m['single_trial'] else 'no'}, 10 trials: "
                     f"{'yes' if m['amortised_10_trials'] else 'no'}, train + eval alone: "
                     f"{'yes' if m['per_trial_without_feature_pass'] else 'no'}"))  # fmt: skip
+    if r := _load("layer_cache"):
+        m = r["met"]
+        out.append(("layer_cache", "epoch speed-up from the cached states entering layer k "
+                    f"(MiniLM, L = {r['layers']}), vs its bound (measured; backward = 2x forward): "
+                    + ", ".join(f"k={x['k']} {x['speedup']:.2f}x ({x['bound_measured']:.2f}x; "
+                                f"{x['bound_2x']:.2f}x)" for x in r["rows"])
+                    + f"; one-time pass {r['cache_pass_s']:.0f} s" + _loaded(r),
+                    ">= 2.5x at k = L-1, >= 80% of the bound at k = L/2",
+                    ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in m.items())))  # fmt: skip
     if r := _load("memory"):  # like for like only: as is vs as is, checkpointing vs checkpointing
         plain, ckpt = r["worst_peft_ratio"], r["worst_peft_ckpt_vs_full_ckpt"]
         out.append(("memory", f"worst PEFT / full peak RSS, like for like: {plain:.2f}x both as "

@@ -267,6 +267,7 @@ def cmd_trial(args) -> int:
     from search.preflight import max_length_problems, prepare_data
     from search.space import SpaceError, load_space, trial_config
     from trainables.features import uses_cache
+    from trainables.layercache import layer_depth, layer_problem
     from trainables.model import load_config
     from trainables.trial import run_trial, split_config
 
@@ -279,7 +280,11 @@ def cmd_trial(args) -> int:
     if max_length_problems(space, config):
         raise SpaceError(space.source, max_length_problems(space, config))
     cache = space.experiment.feature_cache and uses_cache(method, knobs, config)
-    data = prepare_data(space, progress=not args.json, features=cache)
+    depth = layer_depth(method, knobs, config)  # the layer cache: for this trial's depth alone
+    on = depth and space.experiment.layer_storage != "off" and not layer_problem(config)
+    data = prepare_data(
+        space, progress=not args.json, features=cache, layers=(depth,) if on else ()
+    )
 
     rounds: list[dict[str, Any]] = []
     metric = space.metric
@@ -346,17 +351,25 @@ def cmd_validate(args) -> int:
 
 
 def _cache_note(space, method: str, config) -> str:
-    """Whether a method's frozen-encoder configurations train on the feature cache, or why not."""
+    """Whether a method's frozen-encoder configurations train on the feature cache, those frozen
+    below layer k on the layer cache (its depths), or why not."""
     from trainables.features import cache_problem
+    from trainables.layercache import layer_depth, layer_problem
     from trainables.methods import get_method
 
-    if not space.experiment.feature_cache:
-        return ""
-    frozen = [k for k in space.knob_variants(method) if get_method(method).frozen(k, config)]
-    if not frozen:
-        return ""
-    problem = next((p for k in frozen if (p := cache_problem(method, k, config))), None)
-    return f"; feature cache: not used ({problem})" if problem else "; feature cache: used"
+    variants = space.knob_variants(method)
+    frozen = [k for k in variants if get_method(method).frozen(k, config)]
+    depths = sorted({d for k in frozen if (d := layer_depth(method, k, config))})
+    above = [k for k in frozen if layer_depth(method, k, config) is None]
+    note = ""
+    if space.experiment.feature_cache and above:
+        problem = next((p for k in above if (p := cache_problem(method, k, config))), None)
+        note = f"; feature cache: not used ({problem})" if problem else "; feature cache: used"
+    if depths and space.experiment.layer_storage != "off":
+        problem = layer_problem(config)
+        where = f"from layer {', '.join(map(str, depths))}"
+        note += f"; layer cache: not used ({problem})" if problem else f"; layer cache: {where}"
+    return note
 
 
 def cmd_methods(args) -> int:

@@ -28,6 +28,7 @@ from search.preflight import (
     check_resources,
     check_storage,
     init_ray,
+    layer_depths,
     prepare_data,
     wants_features,
 )
@@ -347,7 +348,8 @@ def run(
         print(f"resuming {run_dir.uri}", flush=True)
     check_resources(space, address)
     config = check_fit(space)
-    data = prepare_data(space, progress=not quiet, features=wants_features(space, config))
+    data = prepare_data(space, progress=not quiet, features=wants_features(space, config),
+                        layers=layer_depths(space, config))  # fmt: skip
     warm = None if resuming else plan_warm_start(space, data, quiet)  # refusals: before Ray
     init_ray(address)
     if address:

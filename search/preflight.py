@@ -24,7 +24,11 @@ def check_fit(space: Space):
     memory), so a method that cannot apply - prefix on DeBERTa-v2, bitfit on
     a model without biases, more frozen layers than the model has - is a
     :class:`SpaceError` before any trial starts, not a crash mid-search.
-    Returns the model's config.
+
+    First every layer mask (``layers: {mask: true}``) gets the model's layer
+    count as its number of bits (:func:`expand_masks`; the space is changed in
+    place), so the extremes tried here, the searcher, ``trial`` and the warm
+    start all use the model's own. Returns the model's config.
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -38,7 +42,7 @@ def check_fit(space: Space):
         raise SpaceError(
             space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]
         ) from None
-    problems = max_length_problems(space, config)
+    problems = max_length_problems(space, config) + expand_masks(space, config)
     for method in space.methods:
         for knobs in space.knob_variants(method):
             try:
@@ -52,6 +56,32 @@ def check_fit(space: Space):
     if problems:
         raise SpaceError(space.source, problems)
     return config
+
+
+def expand_masks(space: Space, config) -> list[tuple[str, str]]:
+    """Give the space's layer masks the model's layer count; the problem if it has none found.
+
+    The count is the shared layer discovery's (``trainables.methods._arch.layer_groups``),
+    the layers the methods place themselves in: ALBERT reuses one layer at every depth, so
+    its mask has one bit (a method there is in every depth or in none).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from trainables.methods._arch import layer_groups
+
+    masks = [f"methods.{m}.{k}" for m, ks in space.methods.items() for k, d in ks.items()
+             if d.kind == "mask"]  # fmt: skip
+    if not masks:
+        return []
+    with torch.device("meta"):
+        n = len(layer_groups(AutoModelForSequenceClassification.from_config(config)))
+    if not n:
+        kind = getattr(config, "model_type", "?")
+        why = f"no encoder layers found in {space.model} ({kind}) to give a layer mask bits"
+        return [(key, f"{why}: give layers a fixed value (all)") for key in masks]
+    space.set_layer_count(n)
+    return []
 
 
 # Models whose position ids start after the padding index (RoBERTa's scheme):
@@ -126,8 +156,45 @@ def wants_features(space: Space, config) -> bool:
     )
 
 
-def prepare_data(space: Space, progress: bool = True, features: bool = False) -> PreparedData:
-    """Load, split and tokenize the data: once per search, here in the driver."""
+def layer_depths(space: Space, config) -> tuple[int, ...]:
+    """The depths k the layer cache holds the input states of: every k (0 < k < L) below which
+    some configuration of the space trains nothing (``Method.frozen``; a layer mask can start
+    at any layer); none with ``experiment.layer_cache: off`` or where the architecture does not
+    allow it (:func:`trainables.layercache.layer_problem`)."""
+    from trainables.layercache import layer_depth, layer_problem
+
+    n = config.num_hidden_layers
+    if space.experiment.layer_storage == "off" or layer_problem(config):
+        return ()
+    found: set[int] = set()
+    for method in space.methods:
+        if any(d.kind == "mask" for d in space.methods[method].values()):
+            found.update(range(1, n))  # its lowest layer can be any
+        for knobs in _knob_values(space, method):
+            found.add(layer_depth(method, knobs, config))
+    return tuple(sorted(found - {None}))
+
+
+def _knob_values(space: Space, method: str, most: int = 256) -> list[dict]:
+    """The method's own knobs at their centre, then each at each of its values (a range of
+    integers in full, up to ``most`` values; a float at its centre: depths are not floats)."""
+    from trainables.methods import get_method
+
+    own = {k: d for k, d in space.methods[method].items() if get_method(method).knob(k)}
+    center = {k: d.center() for k, d in own.items()}
+    out = [center]
+    for key, d in own.items():
+        values = d.extremes()
+        if d.kind in ("int", "log_int") and d.high - d.low < most:
+            values = list(range(int(d.low), int(d.high) + 1))
+        out += [{**center, key: v} for v in values if d.kind not in ("float", "log", "mask")]
+    return out
+
+
+def prepare_data(space: Space, progress: bool = True, features: bool = False,
+                 layers: tuple[int, ...] = ()) -> PreparedData:  # fmt: skip
+    """Load, split and tokenize the data: once per search, here in the driver; the feature
+    cache (``features``) and the layer cache for the depths ``layers`` (:func:`layer_depths`)."""
     started = time.perf_counter()
     exp = space.experiment
     tokenizer = load_tokenizer(exp.model)
@@ -172,7 +239,34 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False) ->
                 "(linear probe, top adapter, all layers frozen train on them)",
                 flush=True,
             )
+    if layers:
+        add_layer_cache(space, data, layers, progress)
     return data
+
+
+def add_layer_cache(space: Space, data: PreparedData, depths: tuple[int, ...], progress: bool):
+    """The hidden states entering each layer of ``depths`` (train and validation), after a
+    size estimate; a :class:`SpaceError` naming ``experiment.layer_cache`` where they would
+    not fit in memory."""
+    from trainables import layercache
+    from trainables.model import load_config
+
+    storage = space.experiment.layer_storage
+    sizes = layercache.cache_bytes(data, depths, storage, load_config(space.model).hidden_size)
+    budget, where = layercache.memory_budget()
+    if progress:
+        print(f"layer cache: {layercache.size_text(sizes, storage)}", flush=True)
+    refused = layercache.refusal(sizes, storage, budget, where)
+    if refused:
+        raise SpaceError(space.source, [("experiment.layer_cache", refused)])
+    started = time.perf_counter()
+    layercache.add_layer_states(data, space.model, depths, storage, progress=progress,
+                                precision=space.feature_precision)  # fmt: skip
+    data.meta["layer_cache_s"] = round(time.perf_counter() - started, 2)
+    data.meta["layer_cache_mb"] = round(sum(sizes.values()) / 2**20, 1)
+    if progress:
+        print(f"layer cache: the states entering layers {', '.join(map(str, depths))} computed "
+              f"once in {data.meta['layer_cache_s']} s", flush=True)  # fmt: skip
 
 
 def dropped_text(meta: dict) -> str:

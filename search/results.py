@@ -159,7 +159,7 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             "knobs_json": json.dumps(_sampled(config, space), sort_keys=True, default=str),
         }
         row.update({k: config.get(k) for k in SHARED_COLUMNS})
-        row.update({k: config.get(k) for k in KNOB_COLUMNS})
+        row.update({k: knob_cell(k, config.get(k)) for k in KNOB_COLUMNS})
         trials.append(row)
         if has_rows:
             for _, r in df.iterrows():
@@ -175,6 +175,19 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
                     }
                 )
     return trials, curves
+
+
+def knob_cell(key: str, value: Any) -> Any:
+    """A knob's value as its trials-table cell: a list as its canonical text.
+
+    One column holds every trial's value, and Parquet takes one type per column:
+    ``layers`` is ``all``, ``top_4``, a mask ``0b0011`` or a list ``[0, 3]``, so the
+    list is recorded as text too (sorted, as it selects: ``[0, 3]``, YAML that reads
+    back to the same value in ``--set layers=[0, 3]``). ``config_json`` keeps the value.
+    """
+    if isinstance(value, (list, tuple)):
+        return json.dumps(sorted(value) if key == "layers" else list(value))
+    return value
 
 
 def metric_values(df: pd.DataFrame | None, metric: str, mode: str) -> dict[str, float | None]:

@@ -21,11 +21,20 @@ class DefineByRun:
 
     Fixed values are returned as constants. A class, not a closure, so Tune
     can pickle the searcher for resume.
+
+    A layer mask is one boolean parameter per layer, ``<method>.layers.<i>``
+    (bottom 0), as AutoPEFT searches placement: TPE learns which layers pay
+    (:data:`search.space.MASK_BITS`). Tune's config keeps the names as they are
+    (OptunaSearch unflattens on ``/`` only); ``trainables.trial.flat_config``
+    folds the bits into the mask string the trial takes.
     """
 
     def __init__(self, space: Space) -> None:
         self.methods = {m: space.method_space(m) for m in space.methods}
         self.seed = space.seed
+        # A layer mask without the model's layer count: its ValueError now, not in Tune.
+        for knobs in self.methods.values():
+            _ = [d.bits for d in knobs.values() if d.kind == "mask"]
 
     def __call__(self, trial) -> dict[str, Any]:
         method = trial.suggest_categorical("method", list(self.methods))

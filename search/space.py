@@ -18,6 +18,8 @@ with exactly one of these keys:
 
 ``{choice: [a, b, ...]}``  ``{int: [low, high]}``  ``{float: [low, high]}``
 ``{log: [low, high]}`` (float, log scale)  ``{log_int: [low, high]}``
+``{mask: true}``  (a ``layers`` knob only: one bit per encoder layer, as AutoPEFT
+searches placement; the bit count is the model's, set by ``preflight.check_fit``)
 
 Every problem is collected and reported at once with its key path and a
 fix, before Ray starts (:class:`SpaceError`).
@@ -30,7 +32,7 @@ import contextlib
 import copy
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +43,14 @@ from trainables.costs import objective_names
 from trainables.data import BUILTIN_DATASETS, DatasetSpec, Split
 from trainables.loop import SHARED_KNOBS, TrainConfig
 from trainables.methods import METHODS
+from trainables.methods._layers import mask_string
 from trainables.metrics import CLASSIFICATION, DEFAULT_METRIC, METRICS, TASKS, mode_of
 from trainables.metrics import key as metric_key
 from trainables.metrics import task_problems as metric_task_problems
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 DEFAULT_SPACE = "quick.yaml"
-DIST_KINDS = ("choice", "int", "float", "log", "log_int")
+DIST_KINDS = ("choice", "int", "float", "log", "log_int", "mask")
 # Shared knobs a space may search; "seed" belongs to the experiment, and
 # eval_batch_size does not change the result.
 
@@ -80,6 +83,8 @@ experiment:
   max_test_samples: null      #   test split (read only by confirm)
   seed: 0                     # splits, model init, data order
   feature_cache: true         # frozen-encoder methods train on features computed once
+  layer_cache: fp32           # fp32 | bf16 (half the memory) | off: configurations frozen below
+                              #   layer k run from layer k on its input states, computed once
 train:                        # shared knobs, each fixed or a distribution; defaults:
   learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
   epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
@@ -112,7 +117,8 @@ resources: {cpu: 1, gpu: 0}   # per trial; gpu 0.5 puts two trials on one GPU
 storage: ./runs               # local folder, shared (NFS) path or s3:// URI
 
 A distribution is a mapping with one key: {choice: [a, b]}, {int: [lo, hi]},
-{float: [lo, hi]}, {log: [lo, hi]} (lo > 0), {log_int: [lo, hi]}.
+{float: [lo, hi]}, {log: [lo, hi]} (lo > 0), {log_int: [lo, hi]}; a layers knob also
+{mask: true}: one bit per encoder layer, searched bit by bit (grid: refused).
 """
 SEARCHERS = ("tpe", "random", "grid")
 # search.loggers: Ray Tune's logger callbacks (search.tracking) -> the module each needs; mlflow
@@ -213,6 +219,11 @@ _Loader.add_implicit_resolver(
 )
 
 
+# A layer mask (trainables.methods._layers) reads as written, a string: YAML 1.1 would read
+# 0b0110 as the integer 6 and lose its bit count. Ahead of the int resolver, so it wins.
+_Loader.yaml_implicit_resolvers["0"].insert(0, ("tag:yaml.org,2002:str", re.compile(r"^0b[01]+$")))
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value: YAML syntax, so ``8``, ``1e-4``, ``[4, 8]`` and ``{log: [1e-4, 1e-2]}`` work."""
     return yaml.load(text, Loader=_Loader)
@@ -244,9 +255,28 @@ def check_name(name: Any, key: str = "experiment.name") -> list[tuple[str, str]]
     return []
 
 
+# A layer mask's bits as Optuna samples them: one categorical per layer. TPE models a
+# categorical by each value's share among the good and the bad trials, exactly what a bit
+# needs; an int in [0, 1] would get a Parzen kernel on the line, which smears into the other
+# value and models nothing a category does not.
+MASK_BITS = (False, True)
+
+
+def mask_params(name: str, n: int) -> list[str]:
+    """The Optuna parameters of a layer mask named ``name`` (``lora.layers``), bottom layer
+    first: ``lora.layers.0`` ... ``lora.layers.{n-1}``. ``trainables.trial.flat_config``
+    folds them back into one ``layers`` value, the mask string."""
+    return [f"{name}.{i}" for i in range(n)]
+
+
 @dataclass(frozen=True)
 class Dist:
-    """A knob's values: fixed, or a distribution Optuna samples from."""
+    """A knob's values: fixed, or a distribution Optuna samples from.
+
+    A layer mask (kind ``mask``) keeps its bit count, the model's number of
+    layers, in ``value``: None until :meth:`Space.set_layer_count` (called by
+    ``preflight.check_fit``, which reads the model) gives it.
+    """
 
     kind: str  # "fixed" or one of DIST_KINDS
     value: Any = None
@@ -254,8 +284,25 @@ class Dist:
     low: float | None = None
     high: float | None = None
 
+    @property
+    def bits(self) -> int:
+        """A layer mask's bit count; a ValueError while the model's is not known yet."""
+        if self.value is None:
+            raise ValueError(
+                "a layer mask {mask: true} has one bit per layer of the model: its layer "
+                "count is set by search.preflight.check_fit (Space.set_layer_count), not yet run"
+            )
+        return self.value
+
     def suggest(self, trial, name: str) -> Any:
-        """Sample this knob on an Optuna trial (fixed values are not sampled)."""
+        """Sample this knob on an Optuna trial (fixed values are not sampled).
+
+        A layer mask is one categorical per layer (:func:`mask_params`); the mask string
+        is returned.
+        """
+        if self.kind == "mask":
+            bits = [trial.suggest_categorical(p, MASK_BITS) for p in mask_params(name, self.bits)]
+            return mask_string(bits)
         if self.kind == "choice":
             return trial.suggest_categorical(name, list(self.choices))
         if self.kind in ("int", "log_int"):
@@ -270,6 +317,9 @@ class Dist:
             return self.value
         if self.kind == "choice":
             return self.choices[len(self.choices) // 2]
+        if self.kind == "mask":
+            # Every layer; "all" says the same while the model's layer count is unknown.
+            return "all" if self.value is None else mask_string([True] * self.value)
         mid = (
             (self.low * self.high) ** 0.5
             if self.kind in ("log", "log_int")
@@ -278,11 +328,22 @@ class Dist:
         return round(mid) if self.kind in ("int", "log_int") else mid
 
     def extremes(self) -> list[Any]:
-        """The values a knob's own bounds must admit: every choice, or both ends."""
+        """The values a knob's own bounds must admit: every choice, or both ends.
+
+        A layer mask's: every layer, none (the sampler can draw it: only the head
+        trains), the bottom layer alone and the top layer alone.
+        """
         if self.kind == "fixed":
             return [self.value]
         if self.kind == "choice":
             return list(self.choices)
+        if self.kind == "mask":
+            if self.value is None:
+                return [self.center()]
+            n = self.value
+            every, none = [True] * n, [False] * n
+            bottom, top = [i == 0 for i in range(n)], [i == n - 1 for i in range(n)]
+            return list(dict.fromkeys(mask_string(m) for m in (every, none, bottom, top)))
         return [self.low, self.high]
 
 
@@ -296,6 +357,13 @@ def parse_dist(raw: Any, key: str, problems: list[tuple[str, str]]) -> Dist | No
         )
         return None
     kind, arg = next(iter(raw.items()))
+    if kind == "mask":
+        if arg is not True:
+            problems.append((key, f"{{mask: {arg!r}}}: a layer mask is {{mask: true}} (one bit per "
+                             "layer, searched); for fixed layers give the value itself: all, "
+                             "top_4, [0, 3] or '0b1100'"))  # fmt: skip
+            return None
+        return Dist("mask")
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             problems.append((key, "choice needs a non-empty list, e.g. {choice: [8, 16]}"))
@@ -368,9 +436,15 @@ class Experiment:
     max_test_samples: int | None = None  # default: the whole test split
     seed: int = 0
     feature_cache: bool = True
+    layer_cache: str = "fp32"  # fp32 | bf16 | off (YAML reads a bare off as false: off too)
     task: str = "auto"  # classification | regression | auto (from the label column)
     metric: str | None = None  # the ranking metric; None: accuracy (pearson for regression)
     positive_label: str | int | None = None  # f1's positive label
+
+    @property
+    def layer_storage(self) -> str:
+        """``layer_cache`` as ``fp32``, ``bf16`` or ``off`` (a YAML ``off`` reads as false)."""
+        return "off" if self.layer_cache is False else self.layer_cache
 
     @property
     def ranking_metric(self) -> str:
@@ -410,6 +484,8 @@ class Experiment:
             out.append(
                 ("experiment.feature_cache", f"must be true or false, got {self.feature_cache!r}")
             )
+        if self.layer_cache not in ("fp32", "bf16", "off", False):
+            out.append(("experiment.layer_cache", f"fp32, bf16 or off, got {self.layer_cache!r}"))
         if not isinstance(self.seed, int):
             out.append(("experiment.seed", f"must be an integer, got {self.seed!r}"))
         fr = [self.split.validation, self.split.test]
@@ -536,19 +612,33 @@ class Search:
         ]
 
     def grid_problems(self, methods: dict[str, dict[str, Dist]]) -> Problems:
-        """A grid takes fixed values and choices only."""
+        """A grid takes fixed values and choices only.
+
+        A layer mask is refused, not enumerated: its 2^layers points (4096 for 12
+        layers, times every other knob's values) are no grid, and the layer count is
+        not known here, before the model is read.
+        """
         if self.searcher != "grid":
             return []
         return [
-            (
-                f"methods.{method}.{key}",
-                f"grid search takes fixed values and choices, not a {d.kind} range: "
-                "give {choice: [...]}, or use searcher tpe / random",
-            )
+            (f"methods.{method}.{key}", _grid_problem(d))
             for method, knobs in methods.items()
             for key, d in knobs.items()
             if d.kind not in ("fixed", "choice")
         ]
+
+
+def _grid_problem(d: Dist) -> str:
+    """Why a grid cannot take distribution ``d``, and the fix."""
+    if d.kind == "mask":
+        return (
+            "grid search cannot enumerate a layer mask (2^layers combinations): give the "
+            "placements to try, {choice: [all, top_4, '0b110000']}, or use searcher tpe / random"
+        )
+    return (
+        f"grid search takes fixed values and choices, not a {d.kind} range: "
+        "give {choice: [...]}, or use searcher tpe / random"
+    )
 
 
 @dataclass
@@ -704,6 +794,18 @@ class Space:
         """Shared knobs overridden by the method's own: what a trial of it samples."""
         return {**self.train, **self.methods[method]}
 
+    def set_layer_count(self, n: int) -> None:
+        """Give every layer mask the model's layer count ``n``, its number of bits.
+
+        ``preflight.check_fit`` calls it once it has read the model, in place: the
+        space every command checked is the one its searcher, ``trial`` and the
+        warm start then use.
+        """
+        for knobs in self.methods.values():
+            for key, d in knobs.items():
+                if d.kind == "mask":
+                    knobs[key] = replace(d, value=n)
+
     def knob_variants(self, method: str) -> list[dict[str, Any]]:
         """The method's own knobs at their centre, then each at each of its extremes."""
         own = {k: d for k, d in self.methods[method].items() if METHODS[method].knob(k)}
@@ -750,6 +852,10 @@ def _check_keys(section: Any, allowed: dict | tuple, where: str, problems: list)
 def _check_knob(method: str, key: str, dist: Dist, where: str, problems: list) -> None:
     """Check a knob's values against the method's knob table or the loop's settings."""
     knob = METHODS[method].knob(key)
+    if dist.kind == "mask" and (knob is None or knob.kind != "layers"):
+        problems.append((where, f"{{mask: true}} searches a layers knob (one bit per layer), and "
+                         f"{key} is not one: give {key} a value or another distribution"))  # fmt: skip
+        return
     for value in dist.extremes():
         if knob is not None:
             problem = knob.check(value)

@@ -19,7 +19,11 @@ new search's objective values, those a scheduler stopped as PRUNED with their
 per-round values (as :class:`search.searcher.PeftOptunaSearch` tells Optuna
 about its own), failed and unfinished ones not at all. Only a trial the new
 space could have run is added: its method and every knob inside the new
-space's distributions, its fixed settings equal.
+space's distributions, its fixed settings equal. Against a layer mask
+(``layers: {mask: true}``) an earlier trial's layers, in any form (a mask,
+``all``, ``top_4``, a list), become the mask's per-layer bits; layers that do
+not fit the model's layer count keep the trial out (its bits are left to the
+sampler when only its configuration is enqueued).
 
 Model or data alone the same: the earlier run's best configuration per method
 is enqueued first, without its results (knobs outside the new space are left
@@ -46,10 +50,11 @@ import yaml
 
 from search.results import NotARunError, require_run
 from search.rundir import CURVES_FILE, SPACE_FILE, TRIALS_FILE, RunDir
-from search.space import Space, SpaceError
+from search.space import Space, SpaceError, mask_params
 from trainables.data import PreparedData, file_sha256
 from trainables.loop import TrainConfig
 from trainables.methods import METHODS
+from trainables.methods._layers import select_layers
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Config keys that do not change what a trial learns: never compared.
@@ -226,6 +231,9 @@ def _as_params(space: Space, config: dict[str, Any], exact: bool) -> tuple[dict,
     if method not in space.methods:
         return {}, {}, f"method {method} is not in this space"
     dists, constants = _searched(space, method)
+    bits, why = _mask_bits(space, method, config)
+    if why and exact:
+        return {}, {}, why
 
     def value(key: str) -> Any:
         return config.get(key, _default(method, key))
@@ -233,20 +241,37 @@ def _as_params(space: Space, config: dict[str, Any], exact: bool) -> tuple[dict,
     params = {"method": method}
     for name, dist in dists.items():
         key = name.partition(".")[2]
-        if name == "method":
-            continue
-        if _inside(dist, value(key)):
-            params[name] = value(key)
+        if name == "method" or (why and key.startswith("layers.")):
+            continue  # a selection that does not fit the model: the sampler chooses its bits
+        given = bits[name] if name in bits else value(key)
+        if _inside(dist, given):
+            params[name] = given
         elif exact:
-            return {}, {}, f"{key}={value(key)!r} is outside this space"
+            return {}, {}, f"{key}={given!r} is outside this space"
     if exact:
         fixed = {name.partition(".")[2]: v for name, v in constants.items()}
-        searched = {name.partition(".")[2] for name in dists}
+        searched = {name.partition(".")[2] for name in dists} | ({"layers"} if bits else set())
         for key in (set(config) | set(fixed)) - set(NOT_SETTINGS) - searched:
             want = fixed.get(key, _default(method, key))
             if value(key) != want:
                 return {}, {}, f"{key}={value(key)!r} where this space runs {want!r}"
     return params, {n: dists[n] for n in params}, None
+
+
+def _mask_bits(space: Space, method: str, config: dict[str, Any]) -> tuple[dict, str | None]:
+    """A layer mask's parameters (``<method>.layers.<i>`` -> bool) for the layers a config
+    selects, whatever its form (a mask, ``all``, ``top_4``, a list): ({}, None) where the
+    space has no mask; ({}, why) where the selection does not fit the model's layer count."""
+    dist = space.method_space(method).get("layers")
+    if dist is None or dist.kind != "mask":
+        return {}, None
+    value = config.get("layers", _default(method, "layers"))
+    try:
+        chosen = set(select_layers(value, dist.bits))
+    except (ValueError, TypeError) as e:
+        return {}, f"{e} (this space's layer mask has {dist.bits} bits)"
+    names = mask_params(f"{method}.layers", dist.bits)
+    return {name: i in chosen for i, name in enumerate(names)}, None
 
 
 # -- the plan -------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def expected(model: nn.Module, method: str) -> int:
         callers, _ = attention_callers(model)
         return head + sum(16 * 2 * width for _, width in callers)
     r = roles(model)
+    if method in ("mam", "unipelt"):
+        return head + _prefixed(model, method, r)
     if method == "adapter":  # pfeiffer, size 16: after each feed-forward output projection
         return head + sum(
             2 * m.out_features * 16 + 16 + m.out_features
@@ -104,9 +106,32 @@ def expected(model: nn.Module, method: str) -> int:
     raise AssertionError(method)
 
 
+def _prefixed(model: nn.Module, method: str, r) -> int:
+    """mam (30 prefix positions, a parallel adapter of 512 beside the feed-forward block) or
+    unipelt (10 positions and their gate, gated rank-8 LoRA on query and value, a gated
+    sequential adapter of 48 after the feed-forward block), all layers, without the head."""
+    callers, why = attention_callers(model)
+    if why:
+        raise ValueError(why)
+    per_position = 30 if method == "mam" else 10
+    total = sum(per_position * 2 * width for _, width in callers)
+    for layer in r.layers:
+        ffn_in, ffn_out = (_modules(model, list(layer.found[k])) for k in ("ffn_in", "ffn_out"))
+        query = _modules(model, list(layer.found["query"]))[0]
+        if method == "mam":
+            (out,) = ffn_out
+            total += ffn_in[0].in_features * 512 + 512 + 512 * out.out_features + out.out_features
+            continue
+        qv = {id(m): m for k in ("query", "value") for m in _modules(model, list(layer.found[k]))}
+        total += sum(8 * (m.in_features + m.out_features) + m.in_features + 1 for m in qv.values())
+        total += query.in_features + 1  # the prefix gate
+        total += sum(2 * m.out_features * 48 + 48 + 2 * m.out_features + 1 for m in ffn_out)
+    return total
+
+
 @pytest.mark.parametrize("kind", TYPES)
 def test_every_method_applies_with_its_count_or_is_refused_with_a_reason(kind):
-    for method in (*NINE, "prefix"):
+    for method in (*NINE, "prefix", "mam", "unipelt"):
         model = meta_model(kind)
         try:
             want = expected(model, method)
@@ -253,8 +278,9 @@ def test_the_cached_vector_is_what_each_head_reads():
 
 
 def test_validate_accepts_every_method_on_mpnet_except_prefix(tiny_models, topics_tsv, tmp_path):
-    """MPNet (all-mpnet-base-v2's architecture): every method but prefix, whose attention
-    does not go through transformers' interface, as the matrix says."""
+    """MPNet (all-mpnet-base-v2's architecture): every method but the prefix methods (prefix,
+    mam, unipelt), whose attention does not go through transformers' interface, as the matrix
+    says."""
     from conftest import tiny_space
 
     from search.preflight import check_fit
@@ -266,7 +292,9 @@ def test_validate_accepts_every_method_on_mpnet_except_prefix(tiny_models, topic
     space["methods"]["freeze"] = {"freeze_layers": 1}
     with pytest.raises(SpaceError) as err:
         check_fit(validate(space, "mpnet"))
-    assert [key for key, _ in err.value.problems] == ["methods.prefix"]
-    assert "mpnet computes attention itself" in err.value.problems[0][1]
-    del space["methods"]["prefix"]
+    prefixed = ["methods.prefix", "methods.mam", "methods.unipelt"]
+    assert sorted(key for key, _ in err.value.problems) == sorted(prefixed)
+    assert all("mpnet computes attention itself" in why for _, why in err.value.problems)
+    for key in prefixed:
+        del space["methods"][key.split(".")[1]]
     check_fit(validate(space, "mpnet"))

@@ -30,7 +30,21 @@ CASES = [
     ("adapter", {"adapter_size": 4, "adapter_variant": "houlsby"}, "peftsearch"),
     ("adapter", {"adapter_size": 4, "adapter_placement": "top"}, "peftsearch"),
     ("prefix", {"prefix_length": 4}, "peftsearch"),
-]
+    ("prefix", {"prefix_length": 4, "layers": "top_1"}, "peftsearch"),
+    (
+        "adapter",
+        {"adapter_size": 4, "adapter_insertion": "parallel", "adapter_position": "both",
+         "adapter_scaling": "learned", "layers": [1]},
+        "peftsearch",
+    ),
+    ("mam", {"prefix_length": 4, "adapter_size": 4}, "peftsearch"),
+    ("unipelt", {"lora_rank": 2, "prefix_length": 4, "adapter_size": 4}, "peftsearch"),
+    # peft tuners in some layers: their target regex names those layers' projections only
+    ("lora", {"lora_rank": 2, "layers": "top_1"}, "peft"),
+    ("ia3", {"layers": "0b10"}, "peft"),
+    # ... in none: nothing injected, the head alone, as trained parameters
+    ("lora", {"lora_rank": 2, "layers": "0b00"}, "peftsearch"),
+]  # fmt: skip
 
 
 # LoRA's variants and peft's other tuners (the rest go through the same code as LoHa): a peft

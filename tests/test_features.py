@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -131,8 +133,6 @@ def test_training_on_the_cache_gives_the_same_trial(method, knobs, tiny_bert, pr
 
 
 def _no_cache(data):
-    from dataclasses import replace
-
     return replace(data, features=None)
 
 
@@ -141,3 +141,173 @@ def test_features_are_computed_for_train_and_validation_only(prepared):
     assert set(data.features) == {"train", "validation"}
     assert data.features["train"].shape == (len(data.splits["train"]), 32)
     assert "test" not in data.without("test").features
+
+
+# ---------------------------------------------------------------- the layer cache (issue 17)
+
+# Configurations that train nothing below layer 1 of the tiny (two-layer) models.
+FROM_LAYER_1 = [("freeze", {"freeze_layers": 1}), ("lora", {"layers": "top_1", "lora_rank": 4})]
+LAYER_CASES = [(arch, m, k) for arch in ARCHS for m, k in FROM_LAYER_1]
+
+
+@pytest.fixture(scope="module")
+def layered(tiny_models, topics_tsv):
+    """Each architecture's topics with the states entering layer 1, as fp32 and as bf16."""
+    from trainables.layercache import add_layer_states, layer_problem
+
+    out = {}
+    for arch in ARCHS:
+        path = str(tiny_models[arch])
+        if layer_problem(load_config(path)):
+            continue
+        data = prepare(DatasetSpec(path=str(topics_tsv)), load_tokenizer(path), 32, validation=0.15)
+        for storage in ("fp32", "bf16"):
+            out[arch, storage] = add_layer_states(replace(data), path, [1], storage)
+    return out
+
+
+def _cached_and_not(arch, method, knobs, data, tiny_models):
+    """(model, the uncached batch, the cached batch) of 16 validation examples."""
+    from trainables.layercache import with_layer_states
+    from trainables.trial import on_caches
+
+    model = build_model(str(tiny_models[arch]), data, method, knobs, seed=0)
+    with torch.no_grad():  # LoRA's B starts at zero: non-zero, so the test sees what it adds
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    slow = collate(fit_data(model, data).splits["validation"], np.arange(16), 0, "cpu")
+    model, fast_data, feature, k = on_caches(model, method, knobs, data)
+    assert (feature, k) == (False, 1)
+    fast = collate(with_layer_states(fast_data, 1).splits["validation"], np.arange(16), 0, "cpu")
+    return model, slow, fast
+
+
+def _logits(model, batch, mode: bool) -> torch.Tensor:
+    with torch.no_grad():
+        torch.manual_seed(1)
+        return train_mode(model, mode)(**batch).logits
+
+
+@pytest.mark.parametrize(
+    "arch,method,knobs", LAYER_CASES, ids=[f"{a}-{m}" for a, m, _ in LAYER_CASES]
+)
+def test_layer_cache_computes_what_the_full_model_computes(
+    arch, method, knobs, tiny_models, layered
+):
+    """fp32 states: the same logits from layer 1 up as through the whole model, in eval and in
+    training mode (the frozen layer 0 runs in eval mode either way, so the same seed draws the
+    same dropout masks above it). ALBERT (one layer at every depth) trains uncached."""
+    from trainables.layercache import layer_depth, layer_problem
+
+    config = load_config(str(tiny_models[arch]))
+    assert layer_depth(method, knobs, config) == 1
+    if arch == "albert":
+        assert "share 1 layer module" in layer_problem(config)
+        assert (arch, "fp32") not in layered
+        return
+    model, slow, fast = _cached_and_not(arch, method, knobs, layered[arch, "fp32"], tiny_models)
+    assert "layer_states" in fast and "layer_states" not in slow
+    for mode in (False, True):
+        torch.testing.assert_close(_logits(model, fast, mode), _logits(model, slow, mode),
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+    assert not torch.allclose(_logits(model, slow, True), _logits(model, slow, False))  # dropout
+    # The cached states are what layer 1 reads: other states, other logits.
+    noise = torch.randn(fast["layer_states"].shape, generator=torch.Generator().manual_seed(0))
+    other = {**fast, "layer_states": fast["layer_states"] + noise}  # (a shift, a norm removes)
+    assert not torch.allclose(_logits(model, other, False), _logits(model, slow, False))
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "albert"])
+def test_layer_cache_in_bf16_is_close(arch, tiny_models, layered):
+    """bf16 states (half the memory): the logits move by bf16's rounding of the states."""
+    model, slow, fast = _cached_and_not(arch, "freeze", {"freeze_layers": 1},
+                                        layered[arch, "bf16"], tiny_models)  # fmt: skip
+    assert fast["layer_states"].dtype == torch.bfloat16
+    diff = (_logits(model, fast, False) - _logits(model, slow, False)).abs().max().item()
+    print(f"{arch}: bf16 layer cache, max |logit difference| {diff:.2e}")
+    assert 0 < diff < 0.05
+
+
+def test_training_on_the_layer_cache_gives_the_same_trial(tiny_bert, layered):
+    data = layered["bert", "fp32"]
+    config = {"method": "freeze", "freeze_layers": 1, "learning_rate": 1e-2, "epochs": 2,
+              "evals_per_epoch": 1, "precision": "fp32"}  # fmt: skip
+    fast, slow = [], []
+    out = run_trial(config, data, str(tiny_bert), lambda m, s: fast.append(m))
+    run_trial(config, replace(data, layer_states=None), str(tiny_bert), lambda m, s: slow.append(m))
+    assert out["layer_cache_k"] == 1 and fast[0]["layer_cache_k"] == 1
+    assert slow[0]["layer_cache_k"] is None and not fast[0]["feature_cache"]
+    assert (fast[0]["trainable_params"], fast[0]["total_params"]) == (
+        slow[0]["trainable_params"], slow[0]["total_params"])  # fmt: skip
+    for f, s in zip(fast, slow, strict=True):
+        assert f["val_accuracy"] == s["val_accuracy"]
+        assert f["val_loss"] == pytest.approx(s["val_loss"], abs=1e-5)
+        assert f["train_loss"] == pytest.approx(s["train_loss"], abs=1e-5)
+
+
+def test_layer_cache_size_is_estimated_and_refused_beyond_the_budget(layered):
+    from trainables.layercache import cache_bytes, refusal
+
+    data = layered["bert", "fp32"]
+    held = data.layer_states[1]
+    assert set(held) == {"train", "validation"}  # never test
+    sizes = cache_bytes(data, [1], "fp32", 32)
+    assert sizes == {1: sum(s.states.nbytes for s in held.values())}  # ragged: no padding
+    assert cache_bytes(data, [1, 2], "bf16", 32) == {1: sizes[1] // 2, 2: sizes[1] // 2}
+    assert refusal(sizes, "fp32", sizes[1], "test") is None
+    why = refusal(sizes, "fp32", sizes[1] - 1, "test")
+    assert "experiment.layer_cache: bf16" in why and "or off" in why and "k=1" in why
+
+
+def test_the_driver_refuses_a_layer_cache_that_does_not_fit(tiny_bert, topics_tsv, tmp_path,
+                                                            monkeypatch, capsys):  # fmt: skip
+    from conftest import tiny_space
+
+    from search.preflight import layer_depths, prepare_data
+    from search.space import SpaceError, validate
+    from trainables.layercache import BUDGET_ENV
+
+    raw = tiny_space(tiny_bert, topics_tsv, tmp_path)
+    raw["methods"] = {"freeze": {"freeze_layers": {"choice": [1, 2]}}, "lora": {}}
+    space = validate(raw, "s")
+    config = load_config(str(tiny_bert))
+    assert layer_depths(space, config) == (1,)  # 2 = every layer: the feature cache's
+    raw["methods"]["lora"] = {"layers": {"mask": True}}
+    assert layer_depths(validate(raw, "s"), config) == (1,)
+    raw["experiment"]["layer_cache"] = False  # YAML's bare off
+    assert layer_depths(validate(raw, "s"), config) == ()
+    monkeypatch.setenv(BUDGET_ENV, "0.01")
+    with pytest.raises(SpaceError, match="experiment.layer_cache.*more than the 0 MiB"):
+        prepare_data(space, progress=True, layers=(1,))
+    assert "layer cache: k=1: 1 x" in capsys.readouterr().out  # the estimate comes first
+
+
+def test_a_search_trains_frozen_layers_on_the_layer_cache(ray_local, tiny_bert, topics_tsv,
+                                                          tmp_path):  # fmt: skip
+    """A real search: the driver computes the states entering layer 1 once, both trials run
+    from there, and report doing so."""
+    import json
+
+    from conftest import tiny_space
+
+    import search
+
+    raw = tiny_space(tiny_bert, topics_tsv, tmp_path / "runs", search={"num_samples": 2})
+    raw["methods"] = {"freeze": {"freeze_layers": 1, "learning_rate": {"log": [1e-3, 1e-2]}}}
+    raw["scheduler"] = {"type": "none"}
+    res = search.run(_space_file(raw, tmp_path), quiet=True)
+    assert (res.trials["status"] == "TERMINATED").all(), res.trials[["status", "error"]]
+    assert res.run.read_record()["data"]["layer_cache_mb"] > 0
+    results = [json.loads(ln) for p in (tmp_path / "runs").rglob("result.json")
+               for ln in p.read_text().splitlines() if ln.strip()]  # fmt: skip
+    assert len({r["trial_id"] for r in results}) == 2
+    assert all(r["layer_cache_k"] == 1 for r in results)
+
+
+def _space_file(raw: dict, tmp_path):
+    import yaml
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -77,7 +77,11 @@ def test_every_method_states_its_facts():
 
     for m in METHODS.values():
         assert m.export_format("bert") in EXPORT_FORMATS
-        assert m.frozen(m.defaults(), Config()) in (None, HEAD, LAST_LAYER)
+        frozen = m.frozen(m.defaults(), Config())
+        # None, the head's input, the last layer's output, or a layer k (nothing below it trains)
+        assert frozen in (None, HEAD, LAST_LAYER) or (
+            type(frozen) is int and 0 < frozen <= Config.num_hidden_layers
+        ), (m.name, frozen)
         assert set(m.log_knobs()) <= {k.name for k in m.knobs}
 
 

@@ -31,6 +31,8 @@ from conftest import LAYERS as L
 from trainables.data import DatasetSpec, Encoded, prepare
 from trainables.loop import TrainConfig, collate, train
 from trainables.methods import METHODS, apply_method
+from trainables.methods._layers import select_layers
+from trainables.methods.adapter import ParallelAdapted
 from trainables.model import count_parameters, load_classifier, load_tokenizer
 from trainables.trial import build_model
 
@@ -132,11 +134,17 @@ def bitfit(arch: str) -> int:
     return H + L * (7 * H + I_) + pooler + extra + head(arch)
 
 
-def layer_norms(arch: str) -> int:
-    """The LayerNorms inside the encoder layers (ModernBERT: no bias, none before layer 0's attention)."""
+def chosen(arch: str, spec="all") -> list[int]:
+    """The layers a ``layers`` value selects (ALBERT: of its one distinct layer)."""
+    return select_layers(spec, nl(arch))
+
+
+def layer_norms(arch: str, spec="all") -> int:
+    """The LayerNorms inside the (selected) encoder layers (ModernBERT: no bias, none before
+    layer 0's attention)."""
     if arch == "modernbert":
-        return L * H + (L - 1) * H
-    return nl(arch) * 2 * 2 * H
+        return sum(H + (H if i > 0 else 0) for i in chosen(arch, spec))
+    return len(chosen(arch, spec)) * 2 * 2 * H
 
 
 def adapter(arch: str, m: int, variant: str, norms: bool = False) -> int:
@@ -145,21 +153,35 @@ def adapter(arch: str, m: int, variant: str, norms: bool = False) -> int:
     return n * (2 * H * m + m + H) + (layer_norms(arch) if norms else 0) + head(arch)
 
 
-def lora(arch: str, r: int, targets: str) -> int:
+def bottleneck(m: int) -> int:
+    """One adapter: down (H -> m) and up (m -> H), with biases."""
+    return 2 * H * m + m + H
+
+
+def adapters(
+    arch: str, m: int, per_layer: int = 1, spec="all", learned: bool = False, norms: bool = False
+) -> int:
+    """``per_layer`` adapters in each selected layer (+1 scale each when learned)."""
+    n = len(chosen(arch, spec)) * per_layer
+    return n * (bottleneck(m) + learned) + (layer_norms(arch, spec) if norms else 0) + head(arch)
+
+
+def lora(arch: str, r: int, targets: str, spec="all") -> int:
+    k = len(chosen(arch, spec))
     if arch == "modernbert":  # fused Wqkv: H -> 3H
         if targets == "query_value":
-            return L * r * (H + 3 * H) + head(arch)
-        return L * (r * (H + 3 * H) + r * (H + H) + r * (H + 2 * I_) + r * (I_ + H)) + head(arch)
+            return k * r * (H + 3 * H) + head(arch)
+        return k * (r * (H + 3 * H) + r * (H + H) + r * (H + 2 * I_) + r * (I_ + H)) + head(arch)
     if targets == "query_value":
-        return nl(arch) * 2 * r * (H + H) + head(arch)
+        return k * 2 * r * (H + H) + head(arch)
     # q, k, v, attention output (H -> H), then H -> I and I -> H
-    return nl(arch) * (4 * r * (H + H) + r * (H + I_) + r * (I_ + H)) + head(arch)
+    return k * (4 * r * (H + H) + r * (H + I_) + r * (I_ + H)) + head(arch)
 
 
-def ia3(arch: str, targets: str) -> int:
+def ia3(arch: str, targets: str, spec="all") -> int:
     kv = 3 * H if arch == "modernbert" else 2 * H  # key and value outputs (ModernBERT: fused Wqkv)
     ffn = I_ if targets == "kv_ffn" else 0  # the FFN output projection's input
-    return nl(arch) * (kv + ffn) + head(arch)
+    return len(chosen(arch, spec)) * (kv + ffn) + head(arch)
 
 
 def linears(arch: str, targets: str) -> list[tuple[int, int]]:
@@ -206,11 +228,27 @@ def p_tuning(arch: str, n: int, e: int, encoder: str) -> int:
     return n * D + enc + head(arch)
 
 
-def prefix(arch: str, n: int, p: int | None) -> int:
-    n_ = nl(arch)
+def prefix(arch: str, n: int, p: int | None, spec="all") -> int:
+    n_ = len(chosen(arch, spec))
+    if not n_:  # in no layer: no prefix encoder at all
+        return head(arch)
     if p is None:
         return n * n_ * 2 * H + head(arch)
     return n * H + (H * p + p) + (p * n_ * 2 * H + n_ * 2 * H) + head(arch)
+
+
+def mam(arch: str, n: int, m: int, learned: bool = False, spec="all") -> int:
+    """Prefixes + a parallel feed-forward adapter in each selected layer."""
+    return prefix(arch, n, None, spec) + len(chosen(arch, spec)) * (bottleneck(m) + learned)
+
+
+def unipelt(arch: str, r: int, n: int, m: int, p: int | None = None, spec="all") -> int:
+    """Per selected layer: gated LoRA on query and value (ModernBERT: Wqkv once; each gate
+    H + 1), the prefix gate (H + 1), a gated adapter after the feed-forward block."""
+    gate = H + 1
+    lora_ = r * (H + 3 * H) + gate if arch == "modernbert" else 2 * (r * (H + H) + gate)
+    per_layer = lora_ + gate + bottleneck(m) + gate
+    return prefix(arch, n, p, spec) + len(chosen(arch, spec)) * per_layer
 
 
 # (method, knobs, formula(arch, vocab), architectures it cannot apply to)
@@ -277,6 +315,19 @@ CASES = [
         lambda a, v: prefix(a, 4, 16),
         NO_PREFIX,
     ),
+    (  # parallel beside the feed-forward block (the pfeiffer preset's position)
+        "adapter",
+        {"adapter_size": 4, "adapter_insertion": "parallel"},
+        lambda a, v: adapters(a, 4),
+        (),
+    ),
+    ("mam", {"prefix_length": 4, "adapter_size": 8}, lambda a, v: mam(a, 4, 8), NO_PREFIX),
+    (
+        "unipelt",
+        {"lora_rank": 2, "prefix_length": 4, "adapter_size": 4},
+        lambda a, v: unipelt(a, 2, 4, 4),
+        NO_PREFIX,
+    ),
 ]
 # peft's other tuners, and LoRA's variants: counted on every architecture, trained on BERT only
 # (a few steps: the shared peft machinery is what the rows above train everywhere).
@@ -313,6 +364,57 @@ PEFT_TUNERS = [
      {a: "n_frequency` should be less than or equal" for a in ARCHS if a != "modernbert"}),
     ("ln_tuning", {}, lambda a, v: layer_norms(a) + head(a), ()),
 ]  # fmt: skip
+# ALBERT has one distinct layer: a selection past it (or a mask of two bits) is refused.
+PAST_ALBERT = {"albert": "but the model has"}
+NO_PREFIX_OR = {**{a: "attention itself" for a in NO_PREFIX}, **PAST_ALBERT}
+PA = {"adapter_insertion": "parallel"}
+# Adapter insertion, position, scaling and presets; per-layer placement (layers) of every method
+# that lives in layers: counted on every architecture, trained on BERT (as PEFT_TUNERS).
+VARIANTS = [
+    ("adapter", {"adapter_size": 4, **PA, "adapter_position": "both", "adapter_scaling": "learned"},
+     lambda a, v: adapters(a, 4, 2, learned=True), ()),
+    ("adapter", {"adapter_size": 4, **PA, "adapter_position": "attention", "adapter_scaling": 4.0},
+     lambda a, v: adapters(a, 4), ()),
+    ("adapter", {"adapter_size": 4, "adapter_position": "attention"}, lambda a, v: adapters(a, 4), ()),
+    # sequential adapters ignore adapter_scaling
+    ("adapter", {"adapter_size": 4, "adapter_scaling": "learned"}, lambda a, v: adapters(a, 4), ()),
+    # presets set defaults, explicit knobs override them
+    ("adapter", {"adapter_size": 4, "adapter_variant": "houlsby", **PA},
+     lambda a, v: adapters(a, 4, 2, norms=True), ()),
+    ("adapter", {"adapter_size": 4, "adapter_variant": "houlsby", "adapter_position": "ffn",
+                 "adapter_train_layernorm": False}, lambda a, v: adapters(a, 4), ()),
+    ("adapter", {"adapter_size": 4, "layers": "top_2"}, lambda a, v: adapters(a, 4), PAST_ALBERT),
+    ("adapter", {"adapter_size": 4, "adapter_variant": "houlsby", "layers": "top_1"},
+     lambda a, v: adapters(a, 4, 2, "top_1", norms=True), ()),
+    ("adapter", {"adapter_size": 4, "layers": "bottom_1"}, lambda a, v: adapters(a, 4, 1, "bottom_1"), ()),
+    ("adapter", {"adapter_size": 4, "layers": "every_other"},
+     lambda a, v: adapters(a, 4, 1, "every_other"), ()),
+    ("adapter", {"adapter_size": 4, "layers": [1]}, lambda a, v: adapters(a, 4, 1, [1]), PAST_ALBERT),
+    ("adapter", {"adapter_size": 4, **PA, "layers": "0b01"},
+     lambda a, v: adapters(a, 4, 1, "0b01"), PAST_ALBERT),
+    ("adapter", {"adapter_size": 4, "layers": "0b00"}, lambda a, v: head(a), PAST_ALBERT),
+    ("lora", {"lora_rank": 2, "layers": "top_1"}, lambda a, v: lora(a, 2, "query_value", "top_1"), ()),
+    ("lora", {"lora_rank": 2, "lora_targets": "all_linear", "layers": "every_other"},
+     lambda a, v: lora(a, 2, "all_linear", "every_other"), ()),
+    ("lora", {"lora_rank": 2, "layers": [0]}, lambda a, v: lora(a, 2, "query_value", [0]), ()),
+    ("lora", {"lora_rank": 2, "layers": "0b10"}, lambda a, v: lora(a, 2, "query_value", "0b10"),
+     PAST_ALBERT),
+    ("lora", {"lora_rank": 2, "layers": "0b00"}, lambda a, v: head(a), PAST_ALBERT),
+    ("ia3", {"layers": "bottom_1"}, lambda a, v: ia3(a, "kv_ffn", "bottom_1"), ()),
+    ("ia3", {"ia3_targets": "kv", "layers": "0b01"}, lambda a, v: ia3(a, "kv", "0b01"), PAST_ALBERT),
+    ("ia3", {"layers": "0b00"}, lambda a, v: head(a), PAST_ALBERT),
+    ("prefix", {"prefix_length": 4, "layers": "top_1"}, lambda a, v: prefix(a, 4, None, "top_1"),
+     NO_PREFIX),
+    ("prefix", {"prefix_length": 4, "prefix_projection": True, "prefix_hidden": 16, "layers": [0]},
+     lambda a, v: prefix(a, 4, 16, [0]), NO_PREFIX),
+    ("prefix", {"prefix_length": 4, "layers": "0b00"}, lambda a, v: head(a), NO_PREFIX_OR),
+    ("mam", {"prefix_length": 4, "adapter_size": 8, "adapter_scaling": "learned", "layers": "top_1"},
+     lambda a, v: mam(a, 4, 8, learned=True, spec="top_1"), NO_PREFIX),
+    ("unipelt", {"lora_rank": 2, "prefix_length": 4, "adapter_size": 4, "prefix_projection": True,
+                 "prefix_hidden": 8, "layers": "0b10"},
+     lambda a, v: unipelt(a, 2, 4, 4, 8, "0b10"), NO_PREFIX_OR),
+]  # fmt: skip
+PEFT_TUNERS += VARIANTS
 TRAINED_EVERYWHERE = len(CASES)
 CASES += PEFT_TUNERS
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
@@ -491,14 +593,17 @@ def test_pair_tasks_train_on_every_architecture(arch, tiny_models, tmp_path):
         assert not torch.allclose(logits[0], logits[1], atol=1e-6), method
 
 
+@pytest.mark.parametrize("method", ["prefix", "unipelt"])  # unipelt: a gate on the prefix
 @pytest.mark.parametrize("pairs", [False, True], ids=["single", "pair"])
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX])  # prefix applies
-def test_prefix_logits_do_not_depend_on_the_padding_around_them(arch, pairs, tiny_models, datasets):
+def test_prefix_logits_do_not_depend_on_the_padding_around_them(
+    arch, pairs, method, tiny_models, datasets
+):
     """An example alone and in a batch padded to a much longer example: the same logits."""
     from trainables.trial import accepts_token_types
 
     path = str(tiny_models[arch])
-    model = build_model(path, datasets[arch], "prefix", {"prefix_length": 4}, seed=0).eval()
+    model = build_model(path, datasets[arch], method, {"prefix_length": 4}, seed=0).eval()
     with torch.no_grad():
         model.prefix_encoder.embedding.normal_(std=1.0)  # a prefix that matters
     tok = load_tokenizer(path)
@@ -607,3 +712,106 @@ def test_pissa_and_olora_rewrite_the_targeted_weights_at_initialisation(init, ti
         for i in range(L)
         for w in ("query", "value")
     }
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_parallel_adapter_starts_as_the_identity(arch, tiny_models):
+    """Its up projection starts at zero: the adapted model's logits are the pretrained one's."""
+    import copy
+
+    base = load_classifier(str(tiny_models[arch]), C).eval()
+    knobs = {"adapter_size": 4, "adapter_insertion": "parallel", "adapter_position": "both"}
+    for scaling in (4.0, "learned"):
+        model = apply_method(copy.deepcopy(base), "adapter", {**knobs, "adapter_scaling": scaling})
+        ids = torch.randint(5, 30, (2, 9))
+        with torch.no_grad():
+            assert torch.equal(model.eval()(input_ids=ids).logits, base(input_ids=ids).logits)
+        assert sum(isinstance(m, ParallelAdapted) for m in model.modules()) == 2 * nl(arch)
+
+
+# Every method that lives in layers, placed in the top layer only.
+TOP = [
+    ("adapter", {"adapter_size": 4, "adapter_variant": "houlsby"}),  # its LayerNorms train too
+    ("adapter", {"adapter_size": 4, "adapter_insertion": "parallel", "adapter_position": "both"}),
+    ("lora", {"lora_rank": 2, "lora_targets": "all_linear"}),
+    ("ia3", {}),
+    ("prefix", {"prefix_length": 4}),
+    ("mam", {"prefix_length": 4, "adapter_size": 4}),
+    ("unipelt", {"lora_rank": 2, "prefix_length": 4, "adapter_size": 4}),
+]
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if nl(a) > 1])
+@pytest.mark.parametrize("method,knobs", TOP, ids=[f"{m}-{i}" for i, (m, _) in enumerate(TOP)])
+def test_layers_top_k_leaves_the_layers_below_as_they_were(arch, method, knobs, tiny_models):
+    """With ``layers: top_1``, layer 0 holds no new module and, whatever the trained parameters
+    become, outputs the pretrained model's hidden states; layer 1 does change. The method's
+    ``frozen`` names layer 1 (what the layer cache skips below)."""
+    import copy
+
+    from trainables.methods._arch import layer_groups
+
+    if method in ("prefix", "mam", "unipelt") and arch in NO_PREFIX:
+        pytest.skip("prefixes do not apply")
+    torch.manual_seed(0)
+    base = load_classifier(str(tiny_models[arch]), C).eval()
+    model = apply_method(copy.deepcopy(base), method, {**knobs, "layers": "top_1"}).eval()
+    assert METHODS[method].frozen({**knobs, "layers": "top_1"}, model.config) == 1
+    with torch.no_grad():  # trained parameters that matter (adapters start as the identity)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+
+    def in_layer_0(m) -> set[str]:
+        roots = layer_groups(m)[0]
+        return {n for n, _ in m.named_modules() if any(n.startswith(r + ".") for r in roots)}
+
+    assert in_layer_0(model) == in_layer_0(base), in_layer_0(model) - in_layer_0(base)
+    outputs = [layer_outputs(m) for m in (base, model)]
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=0, atol=0)
+    assert not torch.allclose(outputs[1][1], outputs[0][1])
+
+
+def layer_outputs(model) -> list[torch.Tensor]:
+    """Each layer's output hidden states for a fixed input (a forward hook on its root modules)."""
+    from trainables.methods._arch import layer_modules
+
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        seen.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [g[-1].register_forward_hook(keep) for g in layer_modules(model)]
+    ids = torch.arange(5, 14).view(1, 9)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_layer_placed_methods_state_the_lowest_layer_they_change(tiny_bert):
+    """``frozen``: None when layer 0 is selected, the lowest selected layer above it, all the
+    layers when none is (only the head trains); a top adapter is LAST_LAYER whatever layers say."""
+    from trainables.methods._base import LAST_LAYER
+
+    config = load_classifier(str(tiny_bert), C).config
+    for name in ("adapter", "lora", "ia3", "prefix", "mam", "unipelt"):
+        method = METHODS[name]
+        assert method.knob("layers") is not None, name
+        for spec, frozen in (("all", None), ("bottom_1", None), ("top_1", 1), ("0b00", L)):
+            assert method.frozen({**method.defaults(), "layers": spec}, config) == frozen, name
+    top = {**METHODS["adapter"].defaults(), "adapter_placement": "top", "layers": "bottom_1"}
+    assert METHODS["adapter"].frozen(top, config) == LAST_LAYER
+
+
+def test_adapter_scaling_takes_a_number_or_learned(tiny_bert):
+    model = load_classifier(str(tiny_bert), C)
+    with pytest.raises(
+        ValueError, match="adapter_scaling='fixed' must be a number >= 0 or 'learned'"
+    ):
+        apply_method(model, "adapter", {"adapter_scaling": "fixed"})
+    with pytest.raises(ValueError, match=r"^lora: layers='top_3' but the model has 2 layers"):
+        apply_method(model, "lora", {"layers": "top_3"})

@@ -127,6 +127,9 @@ class Encoded:
     token_type_ids: list[np.ndarray] | None = None
     # Frozen-encoder outputs (one vector per example), when a trial trains on the cache.
     features: np.ndarray | None = None
+    # The hidden states entering layer k (a trainables.layercache.LayerStates), when a trial
+    # runs from layer k on the layer cache.
+    layer_states: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -149,6 +152,8 @@ class PreparedData:
     meta: dict[str, Any] = field(default_factory=dict)
     # split -> last-layer [CLS] vectors of the frozen encoder (see trainables.features)
     features: dict[str, np.ndarray] | None = None
+    # depth k -> split -> the hidden states entering layer k (see trainables.layercache)
+    layer_states: dict[int, dict[str, Any]] | None = None
     task: str = CLASSIFICATION
     scoring: Scoring = field(default_factory=Scoring)
 
@@ -161,11 +166,16 @@ class PreparedData:
         """A copy that lacks one split (the search never sees ``test``)."""
         kept = {k: v for k, v in self.splits.items() if k != split}
         feats = {k: v for k, v in self.features.items() if k != split} if self.features else None
+        states = {
+            k: {s: v for s, v in held.items() if s != split}
+            for k, held in (self.layer_states or {}).items()
+        }
         return PreparedData(
             splits=kept,
             label_names=self.label_names,
             meta=self.meta,
             features=feats,
+            layer_states=states or None,
             task=self.task,
             scoring=self.scoring,
         )

@@ -7,8 +7,9 @@
   ``lokr``, ``oft``, ``boft``, ``hra``, ``fourierft``, ``ln_tuning``, ``prompt_tuning``,
   ``p_tuning``): a peft adapter directory -
   ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=C), OUT)``.
-* ``adapter``, ``prefix`` (in-house modules) and ``linear_probe`` elsewhere
-  (the native head reduced to its classifier): the trained parameters in
+* ``adapter``, ``prefix``, ``mam``, ``unipelt`` (in-house modules), ``linear_probe``
+  elsewhere (the native head reduced to its classifier) and a peft tuner placed
+  in no layer (``layers: 0b00``: the head alone): the trained parameters in
   ``trainable.safetensors`` - ``trainables.export.load_model(OUT)``.
 
 Every export holds ``peftsearch.json`` (base model, method, knobs, labels),
@@ -67,6 +68,8 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fmt = export_format(manifest["method"], model.config.model_type)
+    if fmt == "peft" and not _has_tuner(model):
+        fmt = "peftsearch"  # a tuner placed in no layer (layers: 0b00...): the head alone
     if fmt == "transformers":
         model.save_pretrained(out, safe_serialization=True)
     elif fmt == "peft":
@@ -79,6 +82,13 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
     load_tokenizer(model_name).save_pretrained(out)
     (out / MANIFEST).write_text(json.dumps({**manifest, "format": fmt}, indent=2, default=str))
     return out
+
+
+def _has_tuner(model: nn.Module) -> bool:
+    """Whether peft wrapped or injected into ``model`` (a tuner placed in no layer did not)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel) or hasattr(model, "peft_config")
 
 
 def _save_peft(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: str) -> None:

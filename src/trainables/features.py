@@ -118,6 +118,8 @@ def cache_problem(method: str, knobs: dict[str, Any], config) -> str | None:
     from trainables.methods import get_method
 
     frozen = get_method(method).frozen(knobs, config)
+    if isinstance(frozen, int) and frozen >= config.num_hidden_layers:
+        frozen = LAST_LAYER  # no layer trains (an empty selection of layers): frozen to the top
     if frozen == LAST_LAYER:
         return cache_plan(config).last_layer
     return None if frozen == HEAD else "it trains inside the encoder"

@@ -134,6 +134,8 @@ def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) 
         ids[row, : len(s)] = s
         mask[row, : len(s)] = 1
     out = {"input_ids": to_device(ids, device), "labels": to_device(batch.labels[idx], device)}
+    if batch.layer_states is not None:  # the states entering layer k (trainables.layercache)
+        out["layer_states"] = batch.layer_states.batch(idx, width, device)
     # A batch without padding goes without a mask: with one, transformers' SDPA path asks the
     # device whether the mask is all ones (padding_mask.all()), which waits for the GPU every step.
     if not mask.all():

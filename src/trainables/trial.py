@@ -21,6 +21,7 @@ from trainables import costs as cost_measures
 from trainables import precision as amp
 from trainables.data import PreparedData
 from trainables.features import FeatureHead, uses_cache, with_cached_features
+from trainables.layercache import install, layer_depth, with_layer_states
 from trainables.loop import (
     SHARED_KEYS,
     EvalCallback,
@@ -116,14 +117,9 @@ def run_trial(
     # Before the first report (Pareto-ASHA compares costs from the first rung), on the whole
     # model: a probe on cached features still runs the encoder when it serves.
     measured = costs and _measure_costs(model, method, knobs, model_name, data, cfg, cost_scope)
-    cached = data.features is not None and uses_cache(method, knobs, model.config)
-    if cached:
-        # Only the top trains: run it on the frozen encoder's cached outputs.
-        model, data = FeatureHead(model), with_cached_features(data)
-    else:
-        data = fit_data(model, data)
+    model, data, cached, layer_k = on_caches(model, method, knobs, data)
     pad_id = data.meta.get("pad_token_id", 0)
-    fixed = _fixed(model, method, data, cfg, cached, given, started) | (measured or {})
+    fixed = _fixed(model, method, data, cfg, cached, given, started, layer_k) | (measured or {})
     best: dict[str, Any] = {"score": None, "step": None, "state": None, "accuracy": None}
     memory = cost_measures.TrainMemory(model) if costs else None
 
@@ -156,9 +152,32 @@ def run_trial(
     return out
 
 
+def on_caches(model, method: str, knobs: dict, data: PreparedData):
+    """``(model, data, feature_cache, layer_cache_k)``: the model and data as this trial trains
+    them, on the feature cache, the layer cache (from layer k) or neither."""
+    if data.features is not None and uses_cache(method, knobs, model.config):
+        # Only the top trains: run it on the frozen encoder's cached outputs.
+        return FeatureHead(model), with_cached_features(data), True, None
+    data = fit_data(model, data)
+    # Nothing below layer k trains: run from layer k on the cached states entering it.
+    k = layer_cache_depth(model, method, knobs, data)
+    return model, (with_layer_states(data, k) if k is not None else data), False, k
+
+
+def layer_cache_depth(model, method: str, knobs: dict, data: PreparedData) -> int | None:
+    """The depth k this trial runs from on the layer cache (installed in ``model``: see
+    :mod:`trainables.layercache`), or None: no states for its depth, or an architecture the
+    cache cannot serve (it then trains uncached, as it would without the cache)."""
+    k = layer_depth(method, knobs, model.config)
+    if k is None or k not in (data.layer_states or {}):
+        return None
+    return k if install(model, k) is None else None
+
+
 def _fixed(model, method: str, data: PreparedData, cfg: TrainConfig, cached: bool, given: str,
-           started: float) -> dict[str, Any]:  # fmt: skip
-    """What every result of a trial carries: its method, parameter counts, planned rounds."""
+           started: float, layer_k: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """What every result of a trial carries: its method, parameter counts, planned rounds,
+    the caches it trained on (``feature_cache``; ``layer_cache_k``: the depth it ran from)."""
     trainable, total = count_parameters(model)
     return {
         "method": method,
@@ -167,6 +186,7 @@ def _fixed(model, method: str, data: PreparedData, cfg: TrainConfig, cached: boo
         "trainable_fraction": trainable / total,
         "planned_iterations": len(eval_steps(len(data.splits["train"]), cfg)),
         "feature_cache": cached,
+        "layer_cache_k": layer_k,
         "data_splits": given,
         "setup_s": time.perf_counter() - started,
     }
@@ -212,8 +232,12 @@ def flat_config(tune_config: dict[str, Any]) -> dict[str, Any]:
 
     Tune's config names every sampled value ``<method>.<key>`` (a knob is
     sampled only for its method); a grid search nests the point under
-    ``grid``. Both are undone here.
+    ``grid``. Both are undone here. A layer mask comes one bit per layer,
+    ``<method>.layers.0`` (bottom) ... ``.layers.{n-1}`` (``search.space.mask_params``):
+    folded into the one ``layers`` value the method takes, its mask string ``0b...``.
     """
+    from trainables.methods._layers import mask_string
+
     config = {
         **tune_config.get("grid", {}),
         **{k: v for k, v in tune_config.items() if k != "grid"},
@@ -222,6 +246,12 @@ def flat_config(tune_config: dict[str, Any]) -> dict[str, Any]:
     flat = {"method": method}
     prefix = f"{method}."
     flat.update({k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)})
+    bit = "layers."
+    bits = {int(k[len(bit) :]): flat.pop(k) for k in list(flat) if k.startswith(bit)}
+    if bits:
+        if sorted(bits) != list(range(len(bits))):
+            raise ValueError(f"layer mask bits {sorted(bits)}: expected 0..{len(bits) - 1}")
+        flat["layers"] = mask_string([bits[i] for i in range(len(bits))])
     return flat
 
 

@@ -25,10 +25,12 @@ from trainables.methods import (
     loha,
     lokr,
     lora,
+    mam,
     oft,
     p_tuning,
     prefix,
     prompt_tuning,
+    unipelt,
     vera,
 )
 from trainables.methods._base import Knob, Method, freeze_base
@@ -56,6 +58,8 @@ METHODS: dict[str, Method] = {
         prompt_tuning.METHOD,
         p_tuning.METHOD,
         prefix.METHOD,
+        mam.METHOD,
+        unipelt.METHOD,
     )
 }
 

@@ -26,6 +26,7 @@ interface (what prefix tuning needs), by running the model once.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -62,16 +63,43 @@ class Roles:
     model_type: str
     layers: tuple[Layer, ...]
 
-    def names(self, *roles: str) -> list[str]:
-        """Full module names of ``roles`` in every layer; a ValueError naming what is missing."""
+    def names(self, *roles: str, layers: Collection[int] | None = None) -> list[str]:
+        """Full module names of ``roles`` in every layer (or in ``layers``, by index); a
+        ValueError naming what is missing (in any layer: discovery holds for the whole model)."""
         problem = next((x.problem for x in self.layers if x.problem), None)
         if problem:
             raise ValueError(problem)
-        return sorted({n for layer in self.layers for r in roles for n in layer.found[r]})
+        chosen = self.layers if layers is None else [self.layers[i] for i in layers]
+        return sorted({n for layer in chosen for r in roles for n in layer.found[r]})
 
-    def regex(self, *roles: str) -> str:
+    def regex(self, *roles: str, layers: Collection[int] | None = None) -> str:
         """A full-match regex of those modules (peft's ``target_modules``)."""
-        return "^(" + "|".join(re.escape(n) for n in self.names(*roles)) + ")$"
+        return _full_match(self.names(*roles, layers=layers))
+
+    def within(self, pattern: str, layers: Collection[int]) -> str:
+        """``pattern`` (a full-match regex of this encoder's projections, as :meth:`regex` and
+        ``peft_targets`` give) restricted to the projections of ``layers``."""
+        found = self.names(*ROLES, layers=layers)
+        return _full_match([n for n in found if re.fullmatch(pattern, n)])
+
+    def select(self, knobs: dict, method: str) -> list[int]:
+        """The layers a method's ``layers`` knob selects among the distinct layers found here
+        (ALBERT's one shared layer is one); a ValueError ``"<method>: ..."`` where it does not fit."""
+        return selected(knobs, len(self.layers), method)
+
+
+def selected(knobs: dict, n: int, method: str) -> list[int]:
+    """The layers ``knobs["layers"]`` selects of ``n``; a ValueError ``"<method>: ..."``."""
+    from trainables.methods._layers import select_layers
+
+    try:
+        return select_layers(knobs.get("layers", "all"), n)
+    except ValueError as e:
+        raise ValueError(f"{method}: {e}") from None
+
+
+def _full_match(names: list[str]) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
 def roles(model: nn.Module) -> Roles:
@@ -210,11 +238,14 @@ def last_layer(model: nn.Module) -> nn.Module:
     return group[-1]
 
 
-def norms_in_layers(model: nn.Module) -> list[nn.Module]:
-    """The normalisation modules inside the encoder layers (LayerNorm, RMSNorm, ...)."""
+def norms_in_layers(model: nn.Module, layers: Collection[int] | None = None) -> list[nn.Module]:
+    """The normalisation modules inside the encoder layers (or ``layers``, by index: LayerNorm,
+    RMSNorm, ...)."""
+    groups = layer_modules(model)
     return [
         m
-        for group in layer_modules(model)
+        for i, group in enumerate(groups)
+        if layers is None or i in layers
         for root in group
         for m in root.modules()
         # A norm holds no modules: RoBERTa-PreLayerNorm's layers are "...PreLayerNormLayer".

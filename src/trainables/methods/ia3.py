@@ -1,7 +1,9 @@
 """IA3 (Liu et al. 2022) through peft: learned vectors that rescale activations.
 
 Keys and values are rescaled on their outputs (``out_features`` each), the
-feed-forward output projection on its input (``in_features``).
+feed-forward output projection on its input (``in_features``); only in the
+selected layers (``layers``; in none: the head alone trains, exported as
+``trainable.safetensors``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import arch_of
-from trainables.methods._base import Knob, Method, inject_peft
+from trainables.methods._base import Knob, Method, freeze_base, inject_peft, layers_knob
+from trainables.methods._layers import frozen_below
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
@@ -19,14 +22,17 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     from peft import IA3Config
 
     roles = arch_of(model, "ia3")
+    layers = roles.select(knobs, "ia3")
     feedforward = ("ffn_out",) if knobs["ia3_targets"] == "kv_ffn" else ()
     try:
         config = IA3Config(
-            target_modules=roles.regex("key", "value", *feedforward),
-            feedforward_modules=roles.regex(*feedforward) if feedforward else [],
+            target_modules=roles.regex("key", "value", *feedforward, layers=layers),
+            feedforward_modules=roles.regex(*feedforward, layers=layers) if feedforward else [],
         )
     except ValueError as e:
         raise ValueError(f"ia3: {e}") from None
+    if not layers:  # placed in no layer: nothing to inject (peft refuses a tuner without targets)
+        return freeze_base(model)
     return inject_peft(model, config)
 
 
@@ -42,6 +48,8 @@ METHOD = Method(
             choices=("kv_ffn", "kv"),
             help="kv_ffn: keys, values and the feed-forward activations (the paper's); kv: attention only",
         ),
+        layers_knob(),
     ),
+    frozen=frozen_below,
     export="peft",
 )

@@ -1,5 +1,8 @@
 """LoRA (Hu et al. 2021) through peft: low-rank updates of chosen projections.
 
+Only in the selected layers (``layers``); placed in none, nothing is injected,
+the head alone trains, and the export is that head (``trainable.safetensors``).
+
 peft's tuner edits the transformers model in place, so the shared loop trains
 it like any other model. Parameters per adapted ``Linear(in, out)``:
 ``rank * (in + out)``, plus ``out`` for DoRA's magnitude vector.
@@ -21,7 +24,17 @@ from typing import Any
 
 from torch import nn
 
-from trainables.methods._base import Knob, Method, inject_peft, peft_targets, targets_knob
+from trainables.methods._arch import arch_of
+from trainables.methods._base import (
+    Knob,
+    Method,
+    freeze_base,
+    inject_peft,
+    layers_knob,
+    peft_targets,
+    targets_knob,
+)
+from trainables.methods._layers import frozen_below
 
 # lora_init -> peft's init_lora_weights.
 INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -38,12 +51,19 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     # initialisation only changes values, never which parameters there are.
     if init in MUTATING and next(model.parameters()).device.type == "meta":
         init = "default"
+    roles = arch_of(model, "lora")
+    layers = roles.select(knobs, "lora")
+    targets = peft_targets(model, "lora", knobs["lora_targets"])  # refused where none are found
+    if not layers:  # placed in no layer: nothing to inject (peft refuses a tuner without targets)
+        return freeze_base(model)
     config = LoraConfig(
         r=knobs["lora_rank"],
         lora_alpha=knobs["lora_alpha"],
         lora_dropout=knobs["lora_dropout"],
         # Only inside the encoder's layers: not the pooler, not the head (which trains in full).
-        target_modules=peft_targets(model, "lora", knobs["lora_targets"]),
+        # ... and only in the selected layers: the regex names each projection, so a peft
+        # adapter directory restricts layers with no more configuration.
+        target_modules=roles.within(targets, layers),
         use_dora=knobs["lora_variant"] == "dora",
         use_rslora=knobs["lora_variant"] == "rslora",
         init_lora_weights=INITS[init],
@@ -81,6 +101,8 @@ METHOD = Method(
             help="default (B = 0), gaussian, pissa (top singular vectors), olora (QR); "
             "pissa and olora move that part out of the frozen weights",
         ),
+        layers_knob(),
     ),
+    frozen=frozen_below,
     export="peft",
 )

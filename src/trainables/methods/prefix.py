@@ -6,10 +6,17 @@ attention layer. peft 0.21 refuses prefix tuning on BERT with transformers
 attention-function interface: a registered attention function that
 concatenates the prefix, then calls SDPA. Nothing of transformers is patched.
 
+Only the selected layers (``layers``) get a prefix; the others attend as before.
 Trainable without projection: ``prefix_length * layers * 2 * hidden``; with
 projection (a reparameterising MLP, dropped after training in the papers):
 ``prefix_length * hidden + hidden * p + p + p * layers * 2 * hidden + layers * 2 * hidden``
-with ``p = prefix_hidden`` - plus the head.
+with ``p = prefix_hidden`` and ``layers`` the selected ones - plus the head.
+
+A layer's prefix may have a gate (UniPELT): a function giving, per query, the
+logit ``z`` of a gate ``g = sigmoid(z)``; the prefix positions' attention
+scores get ``log g`` added, so each query's unnormalised attention to the
+prefix is scaled by ``g`` (the softmax then renormalises): an approximation of
+UniPELT's gate on the prefix keys and values that one SDPA call computes.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.methods._arch import attention_callers
-from trainables.methods._base import Knob, Method, freeze_base
+from trainables.methods._arch import attention_callers, selected
+from trainables.methods._base import Knob, Method, freeze_base, layers_knob
+from trainables.methods._layers import frozen_below
 
 IMPLEMENTATION = "peftsearch_prefix"
 # attention module -> (its model's prefix encoder, layer index); weak, so models can be freed
@@ -60,7 +68,7 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
 
     entry = _PREFIX_OF.get(module)
     if entry is not None:
-        encoder, layer = entry
+        encoder, layer, gate = entry
         batch, heads, _, head_dim = key.shape
         kv = encoder()[:, layer]  # (length, 2, width)
         # (length, width) -> (batch, heads, length, head_dim)
@@ -68,9 +76,13 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
             kv[:, i].view(-1, heads, head_dim).transpose(0, 1).expand(batch, -1, -1, -1)
             for i in (0, 1)
         )
+        tokens = key.shape[2]
         key = torch.cat([pk.to(key.dtype), key], dim=2)
         value = torch.cat([pv.to(value.dtype), value], dim=2)
-        if attention_mask is not None:
+        if gate is not None:
+            mask = _gated_mask(attention_mask, gate(), query, encoder.length, tokens)
+            attention_mask = mask
+        elif attention_mask is not None:
             # Every query may attend to every prefix position.
             shape = (*attention_mask.shape[:-1], encoder.length)
             pad = (
@@ -82,6 +94,23 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def _gated_mask(attention_mask, logit, query, length: int, tokens: int):
+    """An additive mask: ``log sigmoid(logit)`` per query on the ``length`` prefix positions,
+    the model's own mask (bool or additive; None: every position) on the ``tokens`` after."""
+    batch, _, q, _ = query.shape
+    if attention_mask is None:
+        own = query.new_zeros(batch, 1, q, tokens)
+    elif attention_mask.dtype == torch.bool:
+        own = torch.zeros_like(attention_mask, dtype=query.dtype)
+        own = own.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+    else:
+        own = attention_mask.to(query.dtype)
+    own = own.expand(batch, own.shape[1], q, tokens)
+    gates = nn.functional.logsigmoid(logit.float()).to(query.dtype)
+    gates = gates.view(batch, 1, q, 1).expand(batch, own.shape[1], q, length)
+    return torch.cat([gates, own], dim=-1)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -90,40 +119,70 @@ def _register() -> None:
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-    """Freeze the encoder, add the prefix encoder, route attention through it."""
+def attention_layers(model: nn.Module, method: str) -> list[tuple[nn.Module, int]]:
+    """The modules that call the attention interface, one per layer, with their keys' width;
+    a ValueError ``"<method>: ..."`` where prefixes cannot go."""
     callers, why = attention_callers(model)
     if why:
-        raise ValueError(f"prefix: {why}; use lora, adapter or p_tuning there")
+        raise ValueError(f"{method}: {why}; prefixes need it (use lora, adapter or p_tuning there)")
     widths = {w for _, w in callers}
     if len(widths) != 1:
-        raise ValueError(f"prefix: the layers' keys differ in width ({sorted(widths)})")
-    freeze_base(model)
+        raise ValueError(f"{method}: the layers' keys differ in width ({sorted(widths)})")
+    return callers
+
+
+def add_prefix(
+    model: nn.Module,
+    knobs: dict[str, Any],
+    callers: list[tuple[nn.Module, int]],
+    layers: list[int],
+    gates: dict[int, Any] | None = None,
+) -> None:
+    """Prefixes in ``layers`` (indices into ``callers``), one encoder entry per layer, and the
+    attention routed through them; ``gates``: layer -> a function giving the per-query gate
+    logits (UniPELT). Nothing is added for no layer."""
+    if not layers:
+        return
     ref = next(model.parameters())
     encoder = PrefixEncoder(
         knobs["prefix_length"],
-        len(callers),
+        len(layers),
         model.config.hidden_size,
         knobs["prefix_projection"],
         knobs["prefix_hidden"],
-        width=widths.pop(),
+        width=callers[0][1],
     ).to(ref.device, ref.dtype)
     model.prefix_encoder = encoder
-    for i, (module, _) in enumerate(callers):
-        _PREFIX_OF[module] = (encoder, i)
+    for entry, i in enumerate(layers):
+        _PREFIX_OF[callers[i][0]] = (encoder, entry, (gates or {}).get(i))
     _register()
     model.set_attn_implementation(IMPLEMENTATION)
+
+
+def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+    """Freeze the encoder, add the prefix encoder, route attention through it."""
+    callers = attention_layers(model, "prefix")
+    layers = selected(knobs, len(callers), "prefix")
+    freeze_base(model)
+    add_prefix(model, knobs, callers, layers)
     return model
 
 
-METHOD = Method(
-    name="prefix",
-    apply=apply,
-    help="trained key/value prefixes in every layer (P-tuning v2) + head; the encoder is frozen",
-    knobs=(
-        Knob(
-            "prefix_length", "int", 16, low=1, high=512, log=True, help="prefix positions per layer"
-        ),
+def length_knob(default: int) -> Knob:
+    return Knob(
+        "prefix_length",
+        "int",
+        default,
+        low=1,
+        high=512,
+        log=True,
+        help="prefix positions per layer",
+    )
+
+
+def projection_knobs() -> tuple[Knob, Knob]:
+    """``prefix_projection`` and ``prefix_hidden`` (the reparameterising MLP)."""
+    return (
         Knob(
             "prefix_projection",
             "choice",
@@ -134,5 +193,14 @@ METHOD = Method(
         Knob(
             "prefix_hidden", "int", 256, low=1, high=8192, log=True, help="hidden size of that MLP"
         ),
-    ),
+    )
+
+
+METHOD = Method(
+    name="prefix",
+    apply=apply,
+    help="trained key/value prefixes in the selected layers (P-tuning v2) + head; the encoder "
+    "is frozen",
+    knobs=(length_knob(16), *projection_knobs(), layers_knob()),
+    frozen=frozen_below,
 )
