@@ -148,6 +148,7 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             **{c: last.get(c) for c in COST_COLUMNS},
             "costs_reused": last.get("costs_reused"),  # measured by another trial of its structure
             "feature_cache": last.get("feature_cache"),
+            "layer_cache_k": last.get("layer_cache_k"),
             "precision_used": last.get("precision_used"),  # what precision: auto chose
             "data_splits": last.get("data_splits"),  # what the trial was given: never test
             "error": _error_text(trial),
@@ -254,7 +255,7 @@ def _trial_columns(metric: str) -> list[str]:
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", *ranked, "best_iteration",
         "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "layer_cache_k", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

@@ -303,6 +303,7 @@ def test_a_search_trains_frozen_layers_on_the_layer_cache(ray_local, tiny_bert, 
                for ln in p.read_text().splitlines() if ln.strip()]  # fmt: skip
     assert len({r["trial_id"] for r in results}) == 2
     assert all(r["layer_cache_k"] == 1 for r in results)
+    assert (res.trials["layer_cache_k"] == 1).all()  # and the trials table says so
 
 
 def _space_file(raw: dict, tmp_path):
