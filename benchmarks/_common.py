@@ -72,3 +72,16 @@ def save(name: str, figures: dict[str, Any], quick: bool) -> Path:
                        **figures}, indent=2, default=str)  # fmt: skip
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def run_search(raw: dict, name: str):
+    """Validate and run one search quietly, printing its trial count and wall time."""
+    import time
+
+    import search
+    from search.space import validate
+
+    started = time.time()
+    res = search.run(validate(raw, f"{name}.yaml"), name=name, quiet=True)
+    print(f"{name}: {len(res.trials)} trials in {time.time() - started:.0f} s", flush=True)
+    return res

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, save, table  # noqa: E402
+from _common import parser, run_search, save, table  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {
@@ -117,16 +117,6 @@ def space(task: str, seed: int, b: dict, storage: str, methods: dict, cache: str
         "resources": {"cpu": 2},
         "storage": storage,
     }  # fmt: skip
-
-
-def run_search(raw: dict, name: str):
-    import search
-    from search.space import validate
-
-    started = time.time()
-    res = search.run(validate(raw, f"{name}.yaml"), name=name, quiet=True)
-    print(f"{name}: {len(res.trials)} trials in {time.time() - started:.0f} s", flush=True)
-    return res
 
 
 def cache_seconds(res) -> float:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, save, table  # noqa: E402
+from _common import parser, run_search, save, table  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {
@@ -73,16 +73,6 @@ def space(task: str, seed: int, b: dict, storage: str, warm: str | None = None) 
         "resources": {"cpu": 2},
         "storage": storage,
     }  # fmt: skip
-
-
-def run_search(raw: dict, name: str):
-    import search
-    from search.space import validate
-
-    started = time.time()
-    res = search.run(validate(raw, f"{name}.yaml"), name=name, quiet=True)
-    print(f"{name}: {len(res.trials)} trials in {time.time() - started:.0f} s", flush=True)
-    return res
 
 
 def describe(res, arm: str, seed: int) -> dict:
