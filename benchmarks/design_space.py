@@ -122,7 +122,7 @@ def space(task: str, seed: int, b: dict, storage: str, methods: dict, cache: str
 def cache_seconds(res) -> float:
     """The driver's time building the layer cache (0 without one), from the run's record."""
     meta = json.loads((Path(res.run_dir) / "run.json").read_text())
-    return float(meta.get("layer_cache", {}).get("seconds", 0.0) or 0.0)
+    return float(meta.get("data", {}).get("layer_cache_s", 0.0) or 0.0)
 
 
 def front(res) -> list[dict]:
@@ -251,7 +251,7 @@ def main() -> None:
             "wall_time_s": round(time.time() - started),
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "command": "python benchmarks/design_space.py" + (" --quick" if q else ""),
+            "command": " ".join(["python benchmarks/design_space.py", *sys.argv[1:]]),
         }  # fmt: skip
         path = save("design_space", figures, q)
     print(f"wrote {path}")

@@ -91,6 +91,10 @@ def lines() -> list[tuple[str, str, str, str]]:
                     + f"; one-time pass {r['cache_pass_s']:.0f} s" + _loaded(r),
                     ">= 2.5x at k = L-1, >= 80% of the bound at k = L/2",
                     ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in m.items())))  # fmt: skip
+    if r := _load("design_space"):
+        out.append(("design_space", _design(r) + _loaded(r),
+                    "(b) and (c) above (a); (c) above (b) at equal trial-seconds",
+                    _design_met(r)))  # fmt: skip
     if r := _load("memory"):  # like for like only: as is vs as is, checkpointing vs checkpointing
         plain, ckpt = r["worst_peft_ratio"], r["worst_peft_ckpt_vs_full_ckpt"]
         out.append(("memory", f"worst PEFT / full peak RSS, like for like: {plain:.2f}x both as "
@@ -150,6 +154,36 @@ def lines() -> list[tuple[str, str, str, str]]:
         out.append(("warm_start", _warm(r), "warm start ahead of cold at equal trial-seconds",
                     "yes" if _warm_ahead(r) else "no"))  # fmt: skip
     return out
+
+
+def _design_full(r: dict) -> list[dict]:
+    """The design-space rows at each task's whole equal budget."""
+    budget: dict[str, float] = {}
+    for x in r["rows"]:
+        budget[x["task"]] = max(budget.get(x["task"], 0.0), x["trial_seconds"])
+    return [x for x in r["rows"] if x["trial_seconds"] == budget[x["task"]]]
+
+
+def _design(r: dict) -> str:
+    """Hypervolume of (val accuracy, trainable params) at equal trial-seconds, per task and arm."""
+    s = r["settings"]
+    return (f"hypervolume at equal trial-seconds ({len(s['seeds'])} seeds, {s['trials']} trials "
+            f"of {s['train']} examples; mean ± std): "
+            + "; ".join(f"{x['task']} ({x['trial_seconds']:.0f} s): fixed {x['fixed']}, "
+                        f"placement {x['placement']}, cached {x['cached']}"
+                        for x in _design_full(r)))  # fmt: skip
+
+
+def _design_met(r: dict) -> str:
+    """Per task: whether placement beat fixed and the cache beat placement, by more than the
+    spread (the larger std of the two)."""
+
+    def ahead(x: dict, a: str, b: str) -> str:
+        gap, spread = x[f"{a}_mean"] - x[f"{b}_mean"], max(x[f"{a}_std"], x[f"{b}_std"])
+        return "yes" if gap > spread else ("within noise" if gap > -spread else "no")
+
+    return "; ".join(f"{x['task']}: placement {ahead(x, 'placement', 'fixed')}, cache "
+                     f"{ahead(x, 'cached', 'placement')}" for x in _design_full(r))  # fmt: skip
 
 
 def _inference(r: dict) -> str:

@@ -17,6 +17,11 @@ DEFAULT_RANKING = ("val_accuracy", "max")
 DEFAULT_COST = "trainable_params"
 # Objective names the search accepts for a trials-table column of another name.
 OBJECTIVE_ALIASES = {"infer_latency_ms": "infer_ms_b1"}
+# Metrics whose names are spelt otherwise in papers (axis titles, table headings).
+METRIC_TITLES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+                 "rougeLsum": "ROUGE-Lsum", "bleu": "BLEU", "chrf": "chrF", "mcc": "MCC"}  # fmt: skip
+# Example generations shown per Pareto-optimal trial (seq2seq runs record a few per round).
+EXAMPLES_SHOWN = 3
 # What each cost column of the trials table measures, for axis titles and tables.
 COST_TITLES = {
     "trainable_params": "trainable parameters",
@@ -118,8 +123,45 @@ def has_values(df: pd.DataFrame, column: str) -> bool:
 
 
 def metric_label(metric: str) -> str:
-    """A metric's name for axis titles: ``val_loss`` -> ``validation loss``."""
+    """A metric's name for axis titles: ``val_loss`` -> ``validation loss``,
+    ``val_rougeL`` -> ``validation ROUGE-L``."""
+    split, sep, name = metric.partition("_")
+    if sep and split in ("val", "test") and name in METRIC_TITLES:
+        return f"{'validation' if split == 'val' else 'test'} {METRIC_TITLES[name]}"
     return metric.replace("val_", "validation ", 1).replace("_", " ")
+
+
+def new_parameter_share(df: pd.DataFrame) -> float | None:
+    """The share (%) of the model's parameters that loading initialised anew and that train under
+    every method (a warm-started encoder-decoder's cross-attention), or None where there are
+    none: no method of the run can train less."""
+    if not has_values(df, "new_params") or not has_values(df, "total_params"):
+        return None
+    row = df.dropna(subset=["new_params", "total_params"]).iloc[0]
+    return (
+        100 * float(row["new_params"]) / float(row["total_params"]) if row["new_params"] else None
+    )
+
+
+def example_generations(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The Pareto-optimal trials' example generations (seq2seq runs; empty otherwise): per trial
+    its id, method and knobs, and a few validation sources with their reference and the output
+    of the trial's best round."""
+    if not has_values(df, "examples_json"):
+        return []
+    held = df.drop_duplicates("trial_id").set_index("trial_id")["examples_json"]
+    out = []
+    for _, r in objective_front_table(df).iterrows():
+        raw = held.get(r["trial_id"])
+        if not isinstance(raw, str):
+            continue
+        examples = [
+            {k: str(e.get(k, "")) for k in ("source", "reference", "output")}
+            for e in json.loads(raw)[:EXAMPLES_SHOWN]
+        ]
+        out.append({"trial_id": r["trial_id"], "method": r["method"], "knobs": r["knobs"],
+                    "examples": examples})  # fmt: skip
+    return out
 
 
 def rank(df: pd.DataFrame) -> pd.DataFrame:

@@ -22,11 +22,13 @@ from reports.figure_data import (
     curve_data,
     deployment_measured,
     deployment_table,
+    example_generations,
     healthy,
     knob_effects,
     knob_importance,
     knob_summary,
     metric_label,
+    new_parameter_share,
     objectives,
     pareto_front,
     per_label_data,
@@ -479,7 +481,44 @@ def _front_html(trials: pd.DataFrame) -> str:
         )
     else:
         intro = f"<p>On the run's objectives: {html.escape(names)}.</p>"
-    return intro + table_html(front_table(trials))
+    table = front_table(trials)
+    if new_parameter_share(trials) is not None:
+        rows = trials.drop_duplicates("trial_id").set_index("trial_id")
+        new = table["trial_id"].map(rows["new_params"]).astype(float)
+        total = table["trial_id"].map(rows["total_params"]).astype(float)
+        at = table.columns.get_loc("trainable_%") + 1
+        table.insert(at, "method_%", (100 * (table["trainable_params"] - new) / total).round(3))
+    return intro + _new_parameters_html(trials) + table_html(table) + _examples_html(trials)
+
+
+def _new_parameters_html(trials: pd.DataFrame) -> str:
+    """Where loading initialised parameters anew (they train under every method): how many, and
+    the trainable share of each Pareto-optimal trial without them."""
+    share = new_parameter_share(trials)
+    if share is None:
+        return ""
+    return (
+        f"<p>Loading initialised {share:.1f}% of the model's parameters anew (missing from the "
+        "checkpoint: a warm-started encoder-decoder's cross-attention and LM-head transform). "
+        f"They train under every method, so no method here trains less than {share:.1f}%; "
+        "<code>method_%</code> is each trial's trainable share without them.</p>"
+    )
+
+
+def _examples_html(trials: pd.DataFrame) -> str:
+    """Example generations of the Pareto-optimal configurations: source, reference and output
+    side by side (escaped); empty for runs that generate nothing."""
+    shown = example_generations(trials)
+    if not shown:
+        return ""
+    parts = [
+        '<h3 id="examples">Example generations</h3><p>Validation sources, their references and '
+        "the output of each Pareto-optimal configuration's best round.</p>"
+    ]
+    for t in shown:
+        head = f"{t['method']} ({t['trial_id']}) {t['knobs']}"
+        parts.append(f"<h4>{html.escape(head)}</h4>{table_html(pd.DataFrame(t['examples']))}")
+    return "".join(parts)
 
 
 def _deployment_html(trials: pd.DataFrame) -> str:

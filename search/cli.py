@@ -339,7 +339,10 @@ def cmd_validate(args) -> int:
         f"({space.search.searcher}, objectives {space.objectives}), "
         f"max_t {space.max_t} evaluation rounds"
     )
-    labels = f"labels {data.label_names}" if data.task == "classification" else "regression"
+    labels = {
+        "classification": f"labels {data.label_names}",
+        "seq2seq": f"{data.meta.get('source')} -> {data.meta.get('target')}",
+    }.get(data.task, "regression")
     print(f"  data: {data.meta['dataset']} ({sizes}; {labels}); ranking metric {space.metric}")
     if data.meta.get("dropped_rows"):
         print(f"  data: {dropped_text(data.meta)}")
@@ -357,6 +360,8 @@ def _cache_note(space, method: str, config) -> str:
     from trainables.layercache import layer_depth, layer_problem
     from trainables.methods import get_method
 
+    if space.experiment.task == "seq2seq":
+        return ""  # both caches hold encoder features for a classification head
     variants = space.knob_variants(method)
     frozen = [k for k in variants if get_method(method).frozen(k, config)]
     depths = sorted({d for k in frozen if (d := layer_depth(method, k, config))})

@@ -22,13 +22,18 @@ import pandas as pd
 import yaml
 
 from search.rundir import CONFIRM_FILE, SPACE_FILE, TRIALS_FILE
+from trainables.metrics import GENERATION_METRICS, SEQ2SEQ
 
+# Seq2seq: every generation metric on test (test_rouge1 ... test_chrf), beside test_metric.
+GENERATION_COLUMNS = tuple(f"test_{m}" for m in GENERATION_METRICS)
 # What a retraining run adds to its row (None for a failed run; test_accuracy and the
-# per-label figures for classification only).
+# per-label figures for classification only; the generation figures and example generations
+# for seq2seq only).
 RESULT_COLUMNS = (
     "test_metric", "test_accuracy", "test_loss", "best_val_accuracy", "best_val_metric",
     "trainable_params", "total_params", "test_step", "test_evaluations", "val_rounds_json",
-    "test_per_class_json", "test_confusion_json", "wall_time_s",
+    "test_per_class_json", "test_confusion_json", *GENERATION_COLUMNS, "test_examples_json",
+    "wall_time_s",
 )  # fmt: skip
 
 
@@ -65,8 +70,11 @@ def _one(
     keep = ("test_accuracy", "test_loss", "best_val_accuracy", "trainable_params",
             "total_params", "test_step", "test_evaluations")  # fmt: skip
     per_class, confusion = out.get("test_per_class"), out.get("test_confusion")
+    examples = out.get("test_examples")
     return {
         **{k: out.get(k) for k in keep},
+        **{k: out[k] for k in GENERATION_COLUMNS if k in out},
+        "test_examples_json": json.dumps(examples) if examples is not None else None,
         "test_metric": out[f"test_{metric.removeprefix('val_')}"],
         "best_val_metric": out["best_score"],
         "val_rounds_json": json.dumps(rounds),
@@ -111,7 +119,9 @@ def confirm(
             "the space has no test split (experiment.split.test is 0 and the data gives none)"
         )
     configs = [json.loads(c) for c in chosen["config_json"]]
-    if space.experiment.feature_cache and any(uses_cache(c["method"], c, config) for c in configs):
+    # Seq2seq never trains on cached features (trainables.trial.on_caches).
+    cacheable = space.experiment.feature_cache and data.task != SEQ2SEQ
+    if cacheable and any(uses_cache(c["method"], c, config) for c in configs):
         # Test features too: only here, never in the search.
         add_features(
             data,

@@ -11,6 +11,7 @@ from reports.figure_data import rank, ranking
 from search.results import require_run
 from search.rundir import RUN_FILE, TRIALS_FILE, RunDir
 from trainables import checkpoint
+from trainables.metrics import CLASSIFICATION, SEQ2SEQ
 from trainables.trial import split_config
 
 
@@ -71,8 +72,9 @@ def export_trial(
     out = Path(out)
     previous = _previous_export(out, force)  # before any checkpoint is loaded or file written
     ckpt = best_checkpoint(run, row["trial_id"], *ranking(trials))
-    labels = run.read_record().get("data", {}).get("label_names")
-    if not labels:
+    data = run.read_record().get("data", {})
+    task, labels = data.get("task") or CLASSIFICATION, data.get("label_names")
+    if not labels and task != SEQ2SEQ:  # a seq2seq task has none
         raise ValueError(
             f"{run.name_of(RUN_FILE)} records no label names: re-run the search with this peftsearch"
         )
@@ -83,9 +85,13 @@ def export_trial(
         meta = checkpoint.meta(local)
     model_name = row["model"]
     model = rebuild(
-        model_name, labels, method, knobs, state["trainable"], bool(meta.get("feature_cache"))
-    )
-    manifest = {"base_model": model_name, "method": method, "knobs": knobs, "label_names": labels}
+        model_name, labels or [], method, knobs, state["trainable"],
+        bool(meta.get("feature_cache")), task,
+    )  # fmt: skip
+    manifest = {"base_model": model_name, "method": method, "knobs": knobs,
+                "label_names": labels or [], "task": task}  # fmt: skip
+    if task == SEQ2SEQ:  # what a source needs in front (T5's "summarize: "), for the README
+        manifest["source_prefix"] = data.get("source_prefix")
     for path in previous:
         path.unlink()
     folders = {out / a for p in previous for a in p.relative_to(out).parents if a.parts}

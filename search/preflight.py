@@ -14,6 +14,7 @@ from pathlib import Path
 from search.rundir import RunDir
 from search.space import Space, SpaceError
 from trainables.data import DataError, PreparedData, prepare
+from trainables.metrics import SEQ2SEQ
 from trainables.model import load_tokenizer
 
 
@@ -29,12 +30,16 @@ def check_fit(space: Space):
     count as its number of bits (:func:`expand_masks`; the space is changed in
     place), so the extremes tried here, the searcher, ``trial`` and the warm
     start all use the model's own. Returns the model's config.
+
+    With ``task: seq2seq`` the model must be an encoder-decoder or an encoder that can be
+    warm-started as one (:func:`trainables.model.seq2seq_problem`: a decoder-only model, or
+    an encoder transformers cannot run as a decoder, is refused with the reason), and the
+    methods are applied to the sequence-to-sequence model (:func:`seq2seq_skeleton`).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from trainables.methods import apply_method
-    from trainables.model import load_config
+    from trainables.model import load_config, seq2seq_problem
 
     try:
         config = load_config(space.model)
@@ -42,20 +47,66 @@ def check_fit(space: Space):
         raise SpaceError(
             space.source, [("experiment.model", f"cannot load {space.model!r}: {e}")]
         ) from None
+    if space.experiment.task == SEQ2SEQ and seq2seq_problem(config):
+        why = f"{space.model}: {seq2seq_problem(config)}"
+        raise SpaceError(space.source, [("experiment.model", why)])
     problems = max_length_problems(space, config) + expand_masks(space, config)
     for method in space.methods:
         for knobs in space.knob_variants(method):
             try:
                 with torch.device("meta"):
-                    apply_method(
-                        AutoModelForSequenceClassification.from_config(config), method, knobs
-                    )
+                    apply_method(task_skeleton(space, config), method, knobs)
             except (ValueError, TypeError, NotImplementedError) as e:
                 problems.append((f"methods.{method}", f"{e} (model {space.model}, knobs {knobs})"))
                 break
     if problems:
         raise SpaceError(space.source, problems)
     return config
+
+
+def task_skeleton(space: Space, config):
+    """The model a trial of the space trains, built from ``config`` alone (no weights; on the
+    meta device where the caller asks): a sequence classifier, or a seq2seq model."""
+    if space.experiment.task == SEQ2SEQ:
+        return seq2seq_skeleton(config)
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def seq2seq_skeleton(config):
+    """The sequence-to-sequence model of ``config`` as :func:`trainables.model.load_seq2seq`
+    builds it, from the config alone: an encoder-decoder as it is; an encoder warm-started as
+    an ``EncoderDecoderModel`` (decoder with cross-attention, its output projection tied to its
+    word embeddings). Its new parameters (trained under every method) are estimated as for a
+    bare-encoder checkpoint: the cross-attention and the decoder's LM head."""
+    import copy
+
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        EncoderDecoderModel,
+    )
+
+    from trainables.model import NEW_PARAMETERS
+
+    if getattr(config, "is_encoder_decoder", False):
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        model.__dict__[NEW_PARAMETERS] = frozenset()
+        return model
+    dec_config = copy.deepcopy(config)
+    dec_config.is_decoder, dec_config.add_cross_attention = True, True
+    decoder = AutoModelForCausalLM.from_config(dec_config)
+    decoder.get_output_embeddings().weight = decoder.get_input_embeddings().weight
+    model = EncoderDecoderModel(encoder=AutoModel.from_config(config), decoder=decoder)
+    base = f"decoder.{decoder.base_model_prefix}."
+    model.__dict__[NEW_PARAMETERS] = frozenset(
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("decoder.") and ("crossattention" in n or not n.startswith(base))
+    )
+    return model
 
 
 def expand_masks(space: Space, config) -> list[tuple[str, str]]:
@@ -66,7 +117,6 @@ def expand_masks(space: Space, config) -> list[tuple[str, str]]:
     its mask has one bit (a method there is in every depth or in none).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from trainables.methods._arch import layer_groups
 
@@ -75,7 +125,7 @@ def expand_masks(space: Space, config) -> list[tuple[str, str]]:
     if not masks:
         return []
     with torch.device("meta"):
-        n = len(layer_groups(AutoModelForSequenceClassification.from_config(config)))
+        n = len(layer_groups(task_skeleton(space, config)))
     if not n:
         kind = getattr(config, "model_type", "?")
         why = f"no encoder layers found in {space.model} ({kind}) to give a layer mask bits"
@@ -119,17 +169,31 @@ def max_positions(config) -> int | None:
 
 
 def max_length_problems(space: Space, config) -> list[tuple[str, str]]:
-    """experiment.max_length beyond the model's positions: a crash after tokenizing, found here."""
+    """experiment.max_length beyond the model's positions: a crash after tokenizing, found here.
+
+    seq2seq: the source length, the target length and the tokens generated (decoder positions;
+    a warm-started decoder has the encoder's), each against the model's positions.
+    """
     limit = max_positions(config)
-    if limit is None or space.experiment.max_length <= limit:
+    exp = space.experiment
+    lengths = {"experiment.max_length": exp.max_length}
+    if exp.task == SEQ2SEQ:
+        lengths = {
+            "experiment.max_source_length": exp.max_source_length,
+            "experiment.max_target_length": exp.max_target_length,
+            "eval.max_new_tokens": space.eval.max_new_tokens,
+        }
+    if limit is None:
         return []
     return [
         (
-            "experiment.max_length",
-            f"{space.experiment.max_length} tokens, but the model has {limit} positions "
+            key,
+            f"{n} tokens, but the model has {limit} positions "
             f"({getattr(config, 'model_type', '?')}, max_position_embeddings "
-            f"{config.max_position_embeddings}): set max_length to {limit} or less",
+            f"{config.max_position_embeddings}): set {key.split('.')[-1]} to {limit} or less",
         )
+        for key, n in lengths.items()
+        if isinstance(n, int) and n > limit
     ]
 
 
@@ -146,9 +210,12 @@ def check_storage(space: Space, storage: str, name: str | None = None, key: str 
 
 
 def wants_features(space: Space, config) -> bool:
-    """Whether any configuration of the space trains only above the frozen encoder."""
+    """Whether any configuration of the space trains only above the frozen encoder (never for
+    seq2seq: the cache holds an encoder's sentence vectors for a classification head)."""
     from trainables.features import uses_cache
 
+    if space.experiment.task == SEQ2SEQ:
+        return False
     return space.experiment.feature_cache and any(
         uses_cache(method, knobs, config)
         for method in space.methods
@@ -163,6 +230,8 @@ def layer_depths(space: Space, config) -> tuple[int, ...]:
     allow it (:func:`trainables.layercache.layer_problem`)."""
     from trainables.layercache import layer_depth, layer_problem
 
+    if space.experiment.task == SEQ2SEQ:
+        return ()  # the layer cache holds an encoder's states for a classification head
     n = config.num_hidden_layers
     if space.experiment.layer_storage == "off" or layer_problem(config):
         return ()
@@ -194,10 +263,13 @@ def _knob_values(space: Space, method: str, most: int = 256) -> list[dict]:
 def prepare_data(space: Space, progress: bool = True, features: bool = False,
                  layers: tuple[int, ...] = ()) -> PreparedData:  # fmt: skip
     """Load, split and tokenize the data: once per search, here in the driver; the feature
-    cache (``features``) and the layer cache for the depths ``layers`` (:func:`layer_depths`)."""
+    cache (``features``) and the layer cache for the depths ``layers`` (:func:`layer_depths`);
+    neither for seq2seq, whose targets are tokenized too and which generates as ``eval`` says."""
     started = time.perf_counter()
     exp = space.experiment
     tokenizer = load_tokenizer(exp.model)
+    if exp.task == SEQ2SEQ:
+        features, layers = False, ()
     try:
         data = prepare(
             exp.dataset,
@@ -213,14 +285,21 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False,
             task=exp.task,
             metric=exp.ranking_metric,
             positive_label=exp.positive_label,
+            seq2seq=seq2seq_settings(space),
+            num_beams=space.eval.num_beams,
+            max_new_tokens=space.eval.max_new_tokens,
+            max_samples=space.eval.max_samples,
         )
     except DataError as e:
         raise SpaceError(space.source, e.problems) from None
     data.meta.update(model=space.model, tokenize_s=round(time.perf_counter() - started, 2))
     if progress:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+        what = f"{data.num_labels} labels"
+        if data.task == SEQ2SEQ:
+            what = f"{data.meta['source']} -> {data.meta['target']}"
         print(
-            f"data: {data.meta['dataset']} ({sizes}; {data.num_labels} labels), "
+            f"data: {data.meta['dataset']} ({sizes}; {what}), "
             f"tokenized once in {data.meta['tokenize_s']} s",
             flush=True,
         )
@@ -242,6 +321,20 @@ def prepare_data(space: Space, progress: bool = True, features: bool = False,
     if layers:
         add_layer_cache(space, data, layers, progress)
     return data
+
+
+def seq2seq_settings(space: Space):
+    """How a seq2seq space tokenizes (None for another task): the experiment's prefix and
+    lengths; a target's leading [CLS] is stripped exactly when the model is an encoder
+    warm-started as an encoder-decoder (its decoder starts from [CLS])."""
+    from dataclasses import replace
+
+    from trainables.model import load_config
+
+    if space.experiment.task != SEQ2SEQ:
+        return None
+    warm = not getattr(load_config(space.model), "is_encoder_decoder", False)
+    return replace(space.experiment.seq2seq, strip_start=warm)
 
 
 def add_layer_cache(space: Space, data: PreparedData, depths: tuple[int, ...], progress: bool):
@@ -272,8 +365,9 @@ def add_layer_cache(space: Space, data: PreparedData, depths: tuple[int, ...], p
 def dropped_text(meta: dict) -> str:
     """What ``drop_invalid`` left out, in words."""
     cols = ", ".join(f"{c!r} {n}" for c, n in meta.get("dropped_empty", {}).items())
+    what = "source or target" if meta.get("task") == SEQ2SEQ else "text or label"
     return (
-        f"dropped {meta['dropped_rows']} rows with an empty text or label "
+        f"dropped {meta['dropped_rows']} rows with an empty {what} "
         f"(experiment.dataset.drop_invalid; empty cells: {cols})"
     )
 

@@ -27,6 +27,8 @@ from trainables.methods import METHODS
 from trainables.trial import flat_config
 
 CURVE_COLUMNS = ["train_loss", "val_loss", "val_accuracy", "epoch", "step", "time_s"]
+# A seq2seq trial's example generations of a round (JSON text; trainables.loop.evaluate_seq2seq).
+EXAMPLES = "val_examples"
 # Columns of every validation metric a trial reports: the best round (in its mode), the last.
 BASE_METRICS = (("val_accuracy", "max"), ("val_loss", "min"))
 KNOB_COLUMNS = sorted({k.name for m in METHODS.values() for k in m.knobs})
@@ -158,11 +160,13 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             "gpu_ids": last.get("gpu_ids"),
             "config_json": json.dumps(config, sort_keys=True, default=str),
             "knobs_json": json.dumps(_sampled(config, space), sort_keys=True, default=str),
+            "examples_json": best_examples(df, best) if has_rows else None,
         }
         row.update({k: config.get(k) for k in SHARED_COLUMNS})
         row.update({k: knob_cell(k, config.get(k)) for k in KNOB_COLUMNS})
         trials.append(row)
         if has_rows:
+            columns = curve_columns(metric, reported_figures(df))
             for _, r in df.iterrows():
                 curves.append(
                     {
@@ -170,12 +174,30 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
                         "method": config["method"],
                         "iteration": int(r["training_iteration"]),
                         **{
-                            c: (float(r[c]) if c in r and pd.notna(r[c]) else None)
-                            for c in curve_columns(metric)
+                            c: (float(r[c]) if c in r and pd.notna(r[c]) else None) for c in columns
                         },
                     }
                 )
     return trials, curves
+
+
+def reported_figures(df: pd.DataFrame) -> list[str]:
+    """Every numeric validation figure in a trial's results (``val_rouge1``, ..., ``val_chrf``
+    for seq2seq), not the example generations."""
+    return [
+        c for c in df.columns
+        if c.startswith("val_") and c != EXAMPLES and pd.api.types.is_numeric_dtype(df[c])
+    ]  # fmt: skip
+
+
+def best_examples(df: pd.DataFrame, best) -> str | None:
+    """The example generations (JSON text) of a seq2seq trial's best round; None otherwise."""
+    if EXAMPLES not in df or best is None:
+        return None
+    value = df[EXAMPLES][best]
+    if isinstance(value, (list, dict)):  # a result reported as a list, not text
+        return json.dumps(value)
+    return value if isinstance(value, str) else None
 
 
 def knob_cell(key: str, value: Any) -> Any:
@@ -203,9 +225,11 @@ def metric_values(df: pd.DataFrame | None, metric: str, mode: str) -> dict[str, 
     return out
 
 
-def curve_columns(metric: str) -> list[str]:
-    """The curves table's metric columns: the ranking metric's too."""
-    return CURVE_COLUMNS + ([metric] if metric not in CURVE_COLUMNS else [])
+def curve_columns(metric: str, reported: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The curves table's metric columns: the ranking metric's too, then every other validation
+    figure ``reported`` (in order of name)."""
+    base = CURVE_COLUMNS + ([metric] if metric not in CURVE_COLUMNS else [])
+    return base + sorted(set(reported) - set(base))
 
 
 def _sampled(config: dict[str, Any], space) -> dict[str, Any]:
@@ -228,8 +252,9 @@ def collect(
     trials, curves = trial_rows(run, space, live_trials)
     metric = space.metric if space is not None else DEFAULT_RANKING[0]
     trials_df = pd.DataFrame(trials, columns=_trial_columns(metric))
+    reported = {c for row in curves for c in row if c.startswith("val_")}
     curves_df = pd.DataFrame(
-        curves, columns=["trial_id", "method", "iteration", *curve_columns(metric)]
+        curves, columns=["trial_id", "method", "iteration", *curve_columns(metric, reported)]
     )
     meta = _run_meta(run, space, data)
     meta["run_wall_time_s"] = None if wall_time_s is None else round(wall_time_s, 1)
@@ -255,7 +280,7 @@ def _trial_columns(metric: str) -> list[str]:
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
         "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", *ranked, "best_iteration",
         "iterations", "planned_iterations",
-        "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "layer_cache_k", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json",
+        "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "layer_cache_k", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json", "examples_json",
         *SHARED_COLUMNS, *KNOB_COLUMNS,
     ]  # fmt: skip
 

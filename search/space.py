@@ -2,10 +2,11 @@
 
 A space file has these sections (all but ``methods`` optional, defaults below):
 
-``experiment``  model, dataset, task and ranking metric, max_length, split fractions,
-                sample caps, seed
+``experiment``  model, dataset, task and ranking metric, max_length (seq2seq: source prefix,
+                source and target lengths), split fractions, sample caps, seed
 ``train``       shared knobs of the loop, for every method
 ``methods``     method name -> its own knobs, and overrides of shared knobs
+``eval``        seq2seq generation: num_beams, max_new_tokens, max_samples
 ``search``      searcher (tpe | random | grid), objectives, budget (num_samples,
                 time_budget_s, max_concurrent), retries (max_failures)
 ``scheduler``   type (asha | pareto_asha | none), grace_period, reduction_factor,
@@ -40,11 +41,11 @@ import yaml
 
 from trainables.costs import column as cost_column
 from trainables.costs import objective_names
-from trainables.data import BUILTIN_DATASETS, DatasetSpec, Split
+from trainables.data import BUILTIN_DATASETS, DatasetSpec, Seq2Seq, Split
 from trainables.loop import SHARED_KNOBS, TrainConfig
 from trainables.methods import METHODS
 from trainables.methods._layers import mask_string
-from trainables.metrics import CLASSIFICATION, DEFAULT_METRIC, METRICS, TASKS, mode_of
+from trainables.metrics import CLASSIFICATION, DEFAULT_METRIC, METRICS, SEQ2SEQ, TASKS, mode_of
 from trainables.metrics import key as metric_key
 from trainables.metrics import task_problems as metric_task_problems
 
@@ -71,12 +72,20 @@ experiment:
     columns: null             # names of a header-less CSV/TSV's columns: [text, label]
     encoding: utf-8           # of a local CSV/TSV/JSON file (latin-1, cp1252, ...)
     drop_invalid: false       # true: drop rows whose text or label is empty (else an error)
-  task: auto                  # classification | regression | auto (labels that are numbers, not
-                              #   all whole: regression; 0.0/1.0 stays classification)
-  metric: null                # what ranks trials: accuracy (the default; pearson for regression),
-                              #   f1_macro, f1_micro, f1 (binary), mcc, pearson, spearman, loss
+    source: null              # seq2seq: column of the source text (bbc_news: body; a field of a
+                              #   column of mappings as translation.en)
+    target: null              # seq2seq: column of the target text (bbc_news: title)
+  task: auto                  # classification | regression | seq2seq | auto (labels that are
+                              #   numbers, not all whole: regression; 0.0/1.0 stays classification)
+  metric: null                # what ranks trials: accuracy (the default; pearson for regression,
+                              #   rougeL for seq2seq), f1_macro, f1_micro, f1 (binary), mcc,
+                              #   pearson, spearman, rouge1, rouge2, rougeL, rougeLsum, bleu, chrf,
+                              #   loss
   positive_label: null        # f1's positive label (default: the second label in order, 1 of 0/1)
-  max_length: 128             # tokens per example (> 0)
+  max_length: 128             # tokens per example (> 0; seq2seq: max_source_length)
+  source_prefix: null         # seq2seq: text put before every source (T5: "summarize: ")
+  max_source_length: 256      # seq2seq: source tokens per example (> 0)
+  max_target_length: 64       # seq2seq: target tokens per example (> 0)
   split: {validation: 0.15, test: 0.15}   # fractions where the source gives no split
   max_train_samples: null     # stratified caps (null: all): training split,
   max_eval_samples: null      #   validation split,
@@ -85,6 +94,7 @@ experiment:
   feature_cache: true         # frozen-encoder methods train on features computed once
   layer_cache: fp32           # fp32 | bf16 (half the memory) | off: configurations frozen below
                               #   layer k run from layer k on its input states, computed once
+                              #   (neither cache applies to seq2seq)
 train:                        # shared knobs, each fixed or a distribution; defaults:
   learning_rate: 5.0e-5       #   epochs 1, batch_size 16, weight_decay 0.01,
   epochs: 1                   #   warmup_ratio 0.06, max_grad_norm 1.0,
@@ -94,6 +104,10 @@ train:                        # shared knobs, each fixed or a distribution; defa
                               #   fp32; or fp32 | bf16 | fp16, fp16 on GPUs only)
 methods:                      # method -> its knobs (peftsearch methods), and shared overrides
   lora: {lora_rank: {choice: [4, 8, 16]}, learning_rate: {log: [1.0e-4, 1.0e-2]}}
+eval:                         # seq2seq only: generation at every evaluation round (and confirm)
+  num_beams: 1                #   1: greedy; more: beam search
+  max_new_tokens: 64          #   tokens generated at most per example (>= 1)
+  max_samples: null           #   generate on the first N validation examples (null: all of them)
 search:
   searcher: tpe               # tpe | random | grid (grid: choices and fixed values only)
   objectives: null            # [val_<metric>] (experiment.metric), or it and one or two costs
@@ -440,6 +454,14 @@ class Experiment:
     task: str = "auto"  # classification | regression | auto (from the label column)
     metric: str | None = None  # the ranking metric; None: accuracy (pearson for regression)
     positive_label: str | int | None = None  # f1's positive label
+    source_prefix: str | None = None  # seq2seq: put before every source ("summarize: ")
+    max_source_length: int = 256  # seq2seq: source tokens
+    max_target_length: int = 64  # seq2seq: target tokens
+
+    @property
+    def seq2seq(self) -> Seq2Seq:
+        """How a seq2seq task tokenizes (trainables.data.prepare)."""
+        return Seq2Seq(self.source_prefix, self.max_source_length, self.max_target_length)
 
     @property
     def layer_storage(self) -> str:
@@ -461,6 +483,14 @@ class Experiment:
             out.append(("experiment.metric", f"one of {list(METRICS)}, got {self.metric!r}"))
         elif self.task in TASKS:
             out += metric_task_problems(self.ranking_metric, self.task)
+        elif self.task == "auto" and METRICS[self.ranking_metric].tasks == (SEQ2SEQ,):
+            out.append(
+                (
+                    "experiment.metric",
+                    f"{self.metric!r} scores generated text: set experiment.task: seq2seq (task "
+                    "auto reads a label column as classification or regression)",
+                )
+            )
         if self.positive_label is not None and self.ranking_metric != "f1":
             out.append(
                 (
@@ -498,7 +528,96 @@ class Experiment:
             )
         if not isinstance(self.model, str) or not self.model:
             out.append(("experiment.model", "a model alias (minilm), local path or Hub id"))
+        return out + self.seq2seq_problems()
+
+    def seq2seq_problems(self) -> Problems:
+        """The seq2seq keys: their values; the source and target columns a non-built-in data
+        set must name; and, on another task, any of them set (they would be ignored)."""
+        out: Problems = []
+        for key in ("max_source_length", "max_target_length"):
+            v = getattr(self, key)
+            if not _is_count(v, 1):
+                out.append((f"experiment.{key}", f"must be an integer > 0, got {v!r}"))
+        prefix = self.source_prefix
+        if prefix is not None and not isinstance(prefix, str):
+            out.append(("experiment.source_prefix", f"a text or null, got {prefix!r}"))
+        ds = self.dataset
+        if self.task != SEQ2SEQ:
+            given = [f"experiment.{k}" for k in SEQ2SEQ_KEYS if getattr(self, k) != SEQ2SEQ_KEYS[k]]
+            given += [f"experiment.dataset.{k}" for k in ("source", "target") if getattr(ds, k)]
+            return out + [
+                (k, f"only a seq2seq task reads it (experiment.task is {self.task!r}): set "
+                 "experiment.task: seq2seq, or drop it") for k in given
+            ]  # fmt: skip
+        for key, col in zip(("source", "target"), ds.seq2seq_columns()):
+            if col is not None and not (isinstance(col, str) and col):
+                out.append((f"experiment.dataset.{key}", f"the name of a column, got {col!r}"))
+            elif col is None:
+                out.append(
+                    (
+                        f"experiment.dataset.{key}",
+                        f"task seq2seq reads its {key} text from a column of the data: name it "
+                        f"(experiment.dataset.{key}: <column>; only built-in data sets have "
+                        "defaults)",
+                    )
+                )
         return out
+
+
+# The seq2seq keys of ``experiment`` with their defaults: another task refuses them set.
+SEQ2SEQ_KEYS = {
+    f.name: f.default
+    for f in fields(Experiment)
+    if f.name in ("source_prefix", "max_source_length", "max_target_length")
+}
+
+
+@dataclass
+class Eval:
+    """``eval``: how a seq2seq task generates at each evaluation round (and in confirm)."""
+
+    num_beams: int = 1  # 1: greedy search
+    max_new_tokens: int = 64
+    max_samples: int | None = None  # the first N validation examples; None: all
+
+    def problems(self) -> Problems:
+        out: Problems = []
+        if not _is_count(self.num_beams, 1):
+            out.append(
+                ("eval.num_beams", f"must be an integer >= 1 (1: greedy), got {self.num_beams!r}")
+            )
+        if not _is_count(self.max_new_tokens, 1):
+            out.append(
+                (
+                    "eval.max_new_tokens",
+                    f"must be an integer >= 1 (tokens generated per example), got "
+                    f"{self.max_new_tokens!r}",
+                )
+            )
+        ms = self.max_samples
+        if ms is not None and not _is_count(ms, 1):
+            out.append(
+                (
+                    "eval.max_samples",
+                    f"must be an integer >= 1 (validation examples to generate on) or null for "
+                    f"all, got {ms!r}",
+                )
+            )
+        return out
+
+    def task_problems(self, task: str) -> Problems:
+        """Generation settings on a task that generates nothing: refused, not ignored."""
+        if task == SEQ2SEQ:
+            return []
+        return [
+            (
+                f"eval.{f.name}",
+                f"generation settings apply to experiment.task: seq2seq only (the task is "
+                f"{task!r}, which generates nothing): drop the eval section, or set the task",
+            )
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        ]
 
 
 @dataclass
@@ -710,7 +829,16 @@ class Resources:
         return out
 
 
-TOP_KEYS = ("experiment", "train", "methods", "search", "scheduler", "resources", "storage")
+TOP_KEYS = (
+    "experiment",
+    "train",
+    "methods",
+    "eval",
+    "search",
+    "scheduler",
+    "resources",
+    "storage",
+)
 DEFAULT_STORAGE = "./runs"
 
 
@@ -741,6 +869,7 @@ class Space:
     resources: Resources
     storage: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    eval: Eval = field(default_factory=Eval)  # seq2seq generation
 
     @property
     def model(self) -> str:
@@ -886,6 +1015,9 @@ def validate(raw: Any, source: str = "<space>") -> Space:
         problems += search.grid_problems(methods)
         if exp and exp.metric in (None, *METRICS):
             problems += search.objective_problems(exp.ranking_metric)
+    evaluation = _bind(Eval, raw.get("eval", {}), "eval", problems)
+    if evaluation and exp:
+        problems += evaluation.task_problems(exp.task)
     scheduler = _bind(Scheduler, raw.get("scheduler", {}), "scheduler", problems)
     if scheduler and methods:
         # epochs / evals_per_epoch that are not numbers are reported with train / methods.
@@ -900,7 +1032,9 @@ def validate(raw: Any, source: str = "<space>") -> Space:
     if problems:
         raise SpaceError(source, problems)
     name = exp.name or Path(source).stem
-    return Space(source, name, exp, train, methods, search, scheduler, resources, storage, raw)
+    return Space(
+        source, name, exp, train, methods, search, scheduler, resources, storage, raw, evaluation
+    )
 
 
 def _cost_problems(costs: list[Any]) -> Problems:
@@ -1111,11 +1245,14 @@ def load_space(
 # Experiment keys ``peftsearch trial --set`` takes beside the shared and the method's knobs.
 EXPERIMENT_KEYS = (
     "max_length",
+    "max_source_length",
+    "max_target_length",
     "max_train_samples",
     "max_eval_samples",
     "seed",
     "model",
     "feature_cache",
+    "layer_cache",
 )
 
 

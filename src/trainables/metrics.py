@@ -5,7 +5,9 @@
 from a confusion matrix accumulated on the device during an evaluation
 (:class:`Tally`): no host sync per batch, one transfer and one computation per
 evaluation. Regression keeps its predictions on the device and concatenates
-them at the end of the evaluation.
+them at the end of the evaluation. Sequence-to-sequence metrics compare
+generated texts with the references (:func:`generation_scores`: ROUGE from
+``rouge-score``, BLEU and chrF from ``sacrebleu``, each on a 0..100 scale).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-CLASSIFICATION, REGRESSION = "classification", "regression"
-TASKS = (CLASSIFICATION, REGRESSION)
+CLASSIFICATION, REGRESSION, SEQ2SEQ = "classification", "regression", "seq2seq"
+TASKS = (CLASSIFICATION, REGRESSION, SEQ2SEQ)
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,18 @@ METRICS = {
         Metric("mcc", (CLASSIFICATION,), help="Matthews correlation (CoLA), multi-class too"),
         Metric("pearson", (REGRESSION,), help="Pearson correlation (STS-B)"),
         Metric("spearman", (REGRESSION,), help="Spearman rank correlation"),
+        Metric("rouge1", (SEQ2SEQ,), help="ROUGE-1 F-measure x 100 (unigram overlap)"),
+        Metric("rouge2", (SEQ2SEQ,), help="ROUGE-2 F-measure x 100 (bigram overlap)"),
+        Metric("rougeL", (SEQ2SEQ,), help="ROUGE-L F-measure x 100 (longest common subsequence)"),
+        Metric("rougeLsum", (SEQ2SEQ,), help="ROUGE-L over newline-split sentences, x 100"),
+        Metric("bleu", (SEQ2SEQ,), help="corpus BLEU (sacrebleu; translation)"),
+        Metric("chrf", (SEQ2SEQ,), help="corpus chrF (sacrebleu; character n-grams)"),
         Metric("loss", TASKS, mode="min", help="the validation loss (lower is better)"),
     )
 }
-DEFAULT_METRIC = {CLASSIFICATION: "accuracy", REGRESSION: "pearson"}
+DEFAULT_METRIC = {CLASSIFICATION: "accuracy", REGRESSION: "pearson", SEQ2SEQ: "rougeL"}
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+GENERATION_METRICS = (*ROUGE_TYPES, "bleu", "chrf")
 
 
 def key(metric: str) -> str:
@@ -59,10 +69,16 @@ def mode_of(result_key: str) -> str:
 def task_problems(
     metric: str, task: str, where: str = "experiment.metric"
 ) -> list[tuple[str, str]]:
-    """A metric that does not fit the task (mcc on regression), with the fix."""
+    """A metric that does not fit the task (mcc on regression, rougeL on classification), with
+    the fix."""
     if metric not in METRICS or task not in METRICS[metric].tasks:
         fits = [m for m, spec in METRICS.items() if task in spec.tasks]
-        return [(where, f"{metric!r} does not fit a {task} task: use one of {fits}")]
+        hint = ""
+        if metric in METRICS and SEQ2SEQ in METRICS[metric].tasks:
+            hint = " (generation metrics need experiment.task: seq2seq)"
+        elif metric in METRICS and task == SEQ2SEQ:
+            hint = " (a seq2seq task generates text: rank by a generation metric or loss)"
+        return [(where, f"{metric!r} does not fit a {task} task{hint}: use one of {fits}")]
     return []
 
 
@@ -228,3 +244,36 @@ def regression_score(pred: np.ndarray, target: np.ndarray, metric: str) -> float
     x, y = pred - pred.mean(), target - target.mean()
     denom = np.sqrt((x @ x) * (y @ y))
     return float((x @ y) / denom) if denom > 0 else 0.0
+
+
+def generation_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """ROUGE-1/2/L/Lsum, BLEU and chrF of generated texts against their references, x 100.
+
+    ROUGE is ``rouge-score``'s F-measure with the Porter stemmer, averaged over the
+    examples; ROUGE-Lsum splits each text into sentences at its newlines. BLEU and chrF
+    are ``sacrebleu``'s corpus scores. Empty predictions score 0; no examples: all 0.
+    Keys: ``val_rouge1`` ... ``val_chrf`` (:data:`GENERATION_METRICS`).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return {key(m): 0.0 for m in GENERATION_METRICS}
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    sums = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, ref in zip(predictions, references):
+        scores = scorer.score(ref, pred)  # (target, prediction)
+        for name in ROUGE_TYPES:
+            sums[name] += scores[name].fmeasure
+    out = {key(name): 100.0 * total / len(predictions) for name, total in sums.items()}
+    refs = [list(references)]
+    # Clamped: sacrebleu's BLEU of identical texts can come out a hair above 100.
+    out[key("bleu")] = _percent(sacrebleu.corpus_bleu(list(predictions), refs).score)
+    out[key("chrf")] = _percent(sacrebleu.corpus_chrf(list(predictions), refs).score)
+    return out
+
+
+def _percent(score: float) -> float:
+    return float(min(100.0, max(0.0, score)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import os
 import tempfile
 import time
@@ -25,6 +26,7 @@ from trainables.layercache import install, layer_depth, with_layer_states
 from trainables.loop import (
     SHARED_KEYS,
     EvalCallback,
+    Generation,
     TrainConfig,
     eval_steps,
     evaluate,
@@ -33,8 +35,8 @@ from trainables.loop import (
     trainable_state,
 )
 from trainables.methods import apply_method, get_method
-from trainables.metrics import mode_of
-from trainables.model import count_parameters, load_classifier, set_threads
+from trainables.metrics import SEQ2SEQ, mode_of
+from trainables.model import count_parameters, load_model, load_tokenizer, set_threads
 
 
 def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig]:
@@ -48,9 +50,10 @@ def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig
 
 
 def build_model(model_name: str, data: PreparedData, method: str, knobs: dict, seed: int):
-    """The pretrained encoder + new head, with the method applied."""
+    """The pretrained model for the data's task (a new head or new cross-attention), with the
+    method applied."""
     torch.manual_seed(seed)  # the head's (and adapters') initialisation
-    model = load_classifier(model_name, data.num_labels, data.label_names)
+    model = load_model(model_name, data.task, data.label_names)
     model = apply_method(model, method, knobs)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device)
@@ -104,6 +107,8 @@ def run_trial(
     (the round's step) and ``test_evaluations`` (1) in the result.
     With ``costs``, every result carries what the configuration costs
     (:mod:`trainables.costs`; measured once per structure and ``cost_scope``).
+    Seq2seq: each evaluation generates too (``data.scoring``; the tokenizer loaded once here):
+    ``val_rouge1`` ... ``val_chrf``, ``val_examples`` (JSON text); ``test`` generates on test.
     """
     if test and "test" not in data.splits:
         raise ValueError("test=True needs data with a test split")
@@ -122,9 +127,10 @@ def run_trial(
     fixed = _fixed(model, method, data, cfg, cached, given, started, layer_k) | (measured or {})
     best: dict[str, Any] = {"score": None, "step": None, "state": None, "accuracy": None}
     memory = cost_measures.TrainMemory(model) if costs else None
+    generation = generation_settings(model_name, data)
 
     def report(metrics: dict, get_state) -> None:
-        metrics = {**metrics, **(memory.figures() if memory else {})}
+        metrics = as_reported(metrics, memory)
         if improves(metrics[metric], best["score"], mode):
             best.update(score=metrics[metric], step=metrics["step"])
             if test:
@@ -138,6 +144,7 @@ def run_trial(
     last = train(
         model, splits["train"], splits["validation"], cfg, pad_id, report, resume, name,
         data.scoring.positive, memory.gate.training if memory else contextlib.nullcontext,
+        generation,
     )  # fmt: skip
     out = {**last, **fixed, "best_score": best["score"], "best_step": best["step"]}
     out.update(memory.figures() if memory else {})
@@ -145,16 +152,36 @@ def run_trial(
     if test:
         # Model selection on validation, then one look at test: the numbers a paper reports.
         model.load_state_dict(best["state"], strict=False)
-        out.update(_test(model, data, cfg, name), test_step=best["step"], test_evaluations=1)
+        scores = _test(model, data, cfg, name, generation)
+        out.update(scores, test_step=best["step"], test_evaluations=1)
     model = None  # free it before the caller's next trial (a GPU keeps memory otherwise)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # GPU memory otherwise stays held between trials
     return out
 
 
+def as_reported(metrics: dict[str, Any], memory) -> dict[str, Any]:
+    """A round's metrics as reported: with the training memory so far (``memory``, or None),
+    the example generations as JSON text (a table cell, a Tune result, a checkpoint's meta)."""
+    metrics = {**metrics, **(memory.figures() if memory else {})}
+    if "val_examples" in metrics:
+        metrics["val_examples"] = json.dumps(metrics["val_examples"])
+    return metrics
+
+
+def generation_settings(model_name: str, data: PreparedData) -> Generation | None:
+    """How a seq2seq trial's evaluations generate (its tokenizer decodes); None otherwise."""
+    if data.task != SEQ2SEQ:
+        return None
+    return Generation.of(load_tokenizer(model_name), data.scoring)
+
+
 def on_caches(model, method: str, knobs: dict, data: PreparedData):
     """``(model, data, feature_cache, layer_cache_k)``: the model and data as this trial trains
-    them, on the feature cache, the layer cache (from layer k) or neither."""
+    them, on the feature cache, the layer cache (from layer k) or neither. Seq2seq trains on
+    neither: both cache encoder states for a classification head."""
+    if data.task == SEQ2SEQ:
+        return model, fit_data(model, data), False, None
     if data.features is not None and uses_cache(method, knobs, model.config):
         # Only the top trains: run it on the frozen encoder's cached outputs.
         return FeatureHead(model), with_cached_features(data), True, None
@@ -194,33 +221,46 @@ def _fixed(model, method: str, data: PreparedData, cfg: TrainConfig, cached: boo
 
 def _measure_costs(model, method: str, knobs: dict, model_name: str, data: PreparedData,
                    cfg: TrainConfig, scope: str | None) -> dict[str, Any]:  # fmt: skip
-    """The inference costs of the freshly built model, once per structure and ``scope``."""
+    """The inference costs of the freshly built model, once per structure and ``scope``.
+    Seq2seq serves by generating: ``eval.max_new_tokens`` tokens with ``eval.num_beams``."""
     device = next(model.parameters()).device
     precision = amp.resolve(cfg.precision, device)
     max_length = int(data.meta.get("max_length") or 128)
+    seq2seq = data.task == SEQ2SEQ
+    gen = {
+        "new_tokens": data.scoring.max_new_tokens if seq2seq else 0,
+        "num_beams": data.scoring.num_beams if seq2seq else 1,
+    }
     started = time.perf_counter()
 
     def measure() -> dict[str, Any]:
         return cost_measures.measure_inference(
-            model, method, knobs, model_name, data.label_names, max_length, precision
-        )
+            model, method, knobs, model_name, data.label_names, max_length, precision,
+            data.task, **gen,
+        )  # fmt: skip
 
     if scope is None:
         out = {**measure(), "costs_reused": False}
     else:
-        key = cost_measures.structure_key(model, method, precision, max_length)
+        serve = f"generate {gen['new_tokens']} x {gen['num_beams']}" if seq2seq else ""
+        key = cost_measures.structure_key(model, method, precision, max_length, serve)
         out = cost_measures.cached_costs(key, scope, measure)
     return {**out, "costs_s": time.perf_counter() - started}
 
 
-def _test(model, data: PreparedData, cfg: TrainConfig, metric: str) -> dict[str, Any]:
+def _test(model, data: PreparedData, cfg: TrainConfig, metric: str,
+          generation: Generation | None = None) -> dict[str, Any]:  # fmt: skip
     """The one evaluation of the test split, its keys named as such: ``val_mcc`` ->
-    ``test_mcc``; the per-label figures as ``test_per_class`` and ``test_confusion``."""
+    ``test_mcc``; the per-label figures as ``test_per_class`` and ``test_confusion``; seq2seq:
+    generated on every test example (``test_rougeL``, ..., ``test_examples``)."""
     used = amp.resolve(cfg.precision, next(model.parameters()).device)
     pad_id, positive = data.meta.get("pad_token_id", 0), data.scoring.positive
+    if generation is not None:  # the cap bounds each validation round's time; test: every example
+        generation = dataclasses.replace(generation, max_samples=None)
     scores = evaluate(
-        model, data.splits["test"], cfg.eval_batch_size, pad_id, used, metric, positive, True
-    )
+        model, data.splits["test"], cfg.eval_batch_size, pad_id, used, metric, positive, True,
+        generation,
+    )  # fmt: skip
     out = {f"test_{k.removeprefix('val_')}": v for k, v in scores.items() if k.startswith("val_")}
     if "per_class" in scores:
         out.update(test_per_class=scores["per_class"], test_confusion=scores["confusion"])

@@ -1,8 +1,9 @@
 """The method contract: a config of knobs and ``apply(model, knobs) -> model``.
 
 After ``apply`` returns, ``requires_grad`` marks exactly the parameters that
-train. The head (everything outside the base encoder) always trains; full
-fine-tuning is the method that changes nothing.
+train. The head (everything outside the base encoder; on a sequence-to-sequence
+model what loading initialised anew, ``trainables.model.head_parameter_names``)
+always trains; full fine-tuning is the method that changes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from trainables.methods import _layers
-from trainables.model import head_parameter_names
+from trainables.model import head_parameter_names, recorded_new_parameters
 
 
 @dataclass(frozen=True)
@@ -114,27 +115,99 @@ def layers_knob() -> Knob:
     return Knob("layers", "layers", "all", help=_layers.HELP)
 
 
+def head_names(model: nn.Module) -> set[str]:
+    """The head's parameter names (:func:`trainables.model.head_parameter_names`); none on an
+    encoder-decoder that does not record what loading made new (one built from a config)."""
+    from trainables.methods._arch import is_encoder_decoder
+
+    if is_encoder_decoder(model) and recorded_new_parameters(model) is None:
+        return set()
+    return head_parameter_names(model)
+
+
+def classifier_only(model: nn.Module, method: str) -> None:
+    """A ValueError ``"<method>: ..."`` on an encoder-decoder, for a method that trains a
+    classification head (there is none: the model generates)."""
+    from trainables.methods._arch import is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        raise ValueError(
+            f"{method}: trains a classification head on the encoder's output; an encoder-decoder "
+            "generates text and has none (use freeze with freeze_encoder, or lora)"
+        )
+
+
 def freeze_base(model: nn.Module) -> nn.Module:
     """Freeze every parameter except the task head's."""
-    head = head_parameter_names(model)
+    head = head_names(model)
     for name, p in model.named_parameters():
         p.requires_grad_(name in head)
     return model
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Top-level names of the head's modules (``classifier``, ``pre_classifier``, ...)."""
+    """Top-level names of the head's modules (``classifier``, ``pre_classifier``, ...).
+
+    On an encoder-decoder the head lies inside the model (an ``EncoderDecoderModel``'s
+    cross-attention and LM-head transform): :func:`seq2seq_head_modules`."""
+    from trainables.methods._arch import is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        return seq2seq_head_modules(model)
     return sorted({n.split(".")[0] for n in head_parameter_names(model)})
 
 
+def seq2seq_head_modules(model: nn.Module) -> list[str]:
+    """The largest modules of an encoder-decoder that hold head parameters only (each tensor by
+    every name it goes by: a module holding a tied output projection is not one), and the head
+    parameters outside them, by full name: what peft's ``modules_to_save`` can copy, and what
+    it cannot (an ``EncoderDecoderModel``'s LM-head bias sits beside the tied projection)."""
+    head = head_names(model)
+    if not head:
+        return []
+    tensors = {id(p) for n, p in model.named_parameters() if n in head}
+    names: list[str] = []
+    for name, module in model.named_modules():
+        own = list(module.parameters())
+        if not name or not own or any(name.startswith(n + ".") for n in names):
+            continue
+        if all(id(p) in tensors for p in own):
+            names.append(name)
+    covered = {f"{n}.{p}" for n in names for p, _ in model.get_submodule(n).named_parameters()}
+    return names + sorted(head - covered)
+
+
 def peft_prompt_model(model: nn.Module, config_cls, **kwargs) -> nn.Module:
-    """Wrap ``model`` in peft's sequence-classification model for a prompt method.
+    """Wrap ``model`` in peft's model for a prompt method (sequence classification, or
+    sequence-to-sequence LM on an encoder-decoder).
 
     peft's prompt methods change the forward (virtual tokens before the
     input), so they need the ``PeftModel`` wrapper; the loop calls it like
-    any model. The whole head trains, through ``modules_to_save``.
+    any model. A classifier's whole head trains, through ``modules_to_save``.
+    On an encoder-decoder the prompt goes before the encoder's input only (as
+    Lester et al. do with T5: ``num_transformer_submodules=1``; peft's default
+    for seq2seq also makes a decoder prompt that its forward never reads), and
+    the head (new parameters, inside the model) trains in place.
     """
+    from trainables.methods._arch import is_encoder_decoder, stack_layers
+
     c = model.config
+    if is_encoder_decoder(model):
+        sub = getattr(c, "encoder", c)  # an EncoderDecoderModel's config holds its parts'
+        head = head_names(model)
+        config = config_cls(
+            task_type="SEQ_2_SEQ_LM",
+            num_transformer_submodules=1,
+            token_dim=model.get_input_embeddings().embedding_dim,
+            num_attention_heads=getattr(sub, "num_attention_heads", 1),
+            num_layers=len(stack_layers(model)["encoder"]),
+            **kwargs,
+        )
+        wrapped = quiet_get_peft_model(model, config)
+        for name, p in model.named_parameters():
+            if name in head:
+                p.requires_grad_(True)
+        return wrapped
     config = config_cls(
         task_type="SEQ_CLS",
         modules_to_save=head_modules(model),
@@ -174,15 +247,21 @@ def targets_knob(method: str, default: str = "query_value") -> Knob:
         "choice",
         default,
         choices=TARGETS,
-        help="attention query/value projections, or every linear layer of the encoder",
+        help="attention query/value projections (an encoder-decoder's cross-attention too), or "
+        "every linear layer of the layers",
     )
 
 
 def peft_targets(model: nn.Module, method: str, choice: str) -> str:
-    """peft's ``target_modules`` for ``choice`` (:data:`TARGETS`), from the shared role discovery."""
-    from trainables.methods._arch import ROLES, arch_of
+    """peft's ``target_modules`` for ``choice`` (:data:`TARGETS`), from the shared role discovery.
 
-    wanted = ("query", "value") if choice == "query_value" else ROLES
+    On an encoder-decoder, the decoder's cross-attention counts as attention: ``query_value``
+    adapts its query and value too (as peft's defaults for T5 and BART, ``q``/``v`` and
+    ``q_proj``/``v_proj``, match both attentions), ``all_linear`` all its projections."""
+    from trainables.methods._arch import ALL_ROLES, arch_of
+
+    wanted = ("query", "value", "cross_query", "cross_value")
+    wanted = wanted if choice == "query_value" else ALL_ROLES
     roles = arch_of(model, method)
     try:
         return roles.regex(*wanted)
@@ -207,10 +286,12 @@ def inject_tuner(model: nn.Module, config, marker: str | None = None):
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     freeze_base(model)
-    head = {n for n, p in model.named_parameters() if p.requires_grad}
+    # The head's tensors, not names: a tuner on a head projection (an EncoderDecoderModel's new
+    # cross-attention) renames its weight (``...query.base_layer.weight``), which still trains.
+    head = {id(p) for p in model.parameters() if p.requires_grad}
     tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
     tuner = tuner_cls(model, config, adapter_name="default")
     marker = marker or tuner.prefix
     for name, p in model.named_parameters():
-        p.requires_grad_(marker in name or name in head)
+        p.requires_grad_(marker in name or id(p) in head)
     return model, tuner

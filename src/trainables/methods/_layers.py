@@ -13,6 +13,17 @@ cache:
 
 An empty selection (an all-zero mask) is allowed: the method adds nothing and
 only the head trains.
+
+An encoder-decoder has two stacks of layers, the encoder's and the decoder's:
+a value applies to each stack on its own (:func:`select_in_stacks`). Layer
+``i`` is layer ``i`` of each stack: ``top_2`` is the encoder's top two and the
+decoder's top two, ``[0]`` both bottom layers, and a mask has one bit per
+layer of a stack, the same bits for both (``0b01``: each stack's layer 1).
+Where the stacks differ in depth (T5 with ``num_decoder_layers``, distilled
+BART) the named values still apply to each by its own depth, but a mask or an
+index list must fit both stacks: a mask of either depth does not, and is
+refused with the depths. Such a model's layer count for a searched mask is
+None (:func:`stack_depth`).
 """
 
 from __future__ import annotations
@@ -46,11 +57,12 @@ def spec_problem(value: Any) -> str | None:
     return f"must be {DESCRIBE}"
 
 
-def select_layers(value: Any, n: int) -> list[int]:
+def select_layers(value: Any, n: int, what: str = "the model") -> list[int]:
     """The layer indices (sorted, bottom 0) ``value`` selects in a model of ``n`` layers.
 
     A ValueError says what does not fit the model: ``top_8`` of 6 layers, a
-    mask of the wrong length, an index past the top.
+    mask of the wrong length, an index past the top. ``what`` names the
+    layers' owner in it (``the decoder`` for one stack of an encoder-decoder).
     """
     problem = spec_problem(value)
     if problem:
@@ -62,16 +74,28 @@ def select_layers(value: Any, n: int) -> list[int]:
     if isinstance(value, str) and (m := _COUNTED.match(value)):
         k = int(m.group(2))
         if k > n:
-            raise ValueError(f"layers={value!r} but the model has {n} layers")
+            raise ValueError(f"layers={value!r} but {what} has {n} layers")
         return list(range(n - k, n)) if m.group(1) == "top" else list(range(k))
     if isinstance(value, str):  # a mask
         bits = value[2:]
         if len(bits) != n:
-            raise ValueError(f"layers={value!r} has {len(bits)} bits but the model has {n} layers")
+            raise ValueError(f"layers={value!r} has {len(bits)} bits but {what} has {n} layers")
         return [i for i, b in enumerate(bits) if b == "1"]
     if any(i >= n for i in value):
-        raise ValueError(f"layers={list(value)!r} but the model has layers 0..{n - 1}")
+        raise ValueError(f"layers={list(value)!r} but {what} has layers 0..{n - 1}")
     return sorted(value)
+
+
+def select_in_stacks(value: Any, depths: dict[str, int]) -> dict[str, list[int]]:
+    """Per stack (``{"encoder": 6, "decoder": 6}``: its depth), the layers ``value`` selects in
+    it: the value applied to each stack on its own (see the module docstring)."""
+    return {stack: select_layers(value, n, f"the {stack}") for stack, n in depths.items()}
+
+
+def stack_depth(depths: list[int]) -> int | None:
+    """The layer count a mask has bits for, given each stack's depth: the depth all stacks
+    share, None when they differ (no mask fits them all)."""
+    return depths[0] if depths and len(set(depths)) == 1 else None
 
 
 def mask_string(bits: list[Any]) -> str:
@@ -88,7 +112,10 @@ def lowest_layer(value: Any, n: int) -> int | None:
 def frozen_below(knobs: dict[str, Any], config) -> int | None:
     """A layer-placed method's :attr:`~trainables.methods._base.Method.frozen`: the lowest
     layer it lives in, when that is above layer 0 (the layers below it are frozen and
-    unchanged); None when it starts at layer 0."""
+    unchanged); None when it starts at layer 0. None for an encoder-decoder: the caches that
+    read this serve classifiers' encoders only."""
+    if getattr(config, "is_encoder_decoder", False):
+        return None
     n = config.num_hidden_layers
     try:
         low = lowest_layer(knobs.get("layers", "all"), n)

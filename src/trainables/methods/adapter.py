@@ -26,6 +26,17 @@ model begins exactly as the pretrained one.
 Parameters per adapter: ``2 * hidden * size + size + hidden`` (+1 with a
 learned scale). With ``adapter_train_layernorm`` the LayerNorms inside the
 selected layers train too; a ``top`` adapter sits in no layer, so it trains none.
+
+On an encoder-decoder, adapters go in the selected layers of both stacks
+(``layers`` applies to each stack). In a decoder layer, position
+``attention`` is its self-attention (after its output projection, or beside
+it reading the self-attention's input): He et al. place adapters after the
+attention and feed-forward sublayers, and the cross-attention, new in the
+decoder, is left as it is - so every layer, encoder or decoder, holds the same
+adapters (one per block: ``ffn`` 1, ``attention`` 1, ``both`` 2). The
+LayerNorms that ``adapter_train_layernorm`` trains are all those in the selected
+layers (a decoder layer's three). Placement ``top`` is refused there: no
+classification head reads the encoder's final states.
 """
 
 from __future__ import annotations
@@ -36,7 +47,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.methods._arch import Roles, arch_of, last_layer, layer_groups, norms_in_layers
+from trainables.methods._arch import (
+    Roles,
+    arch_of,
+    is_encoder_decoder,
+    last_layer,
+    layer_groups,
+    norms_in_layers,
+)
 from trainables.methods._base import LAST_LAYER, Knob, Method, freeze_base, layers_knob
 from trainables.methods._layers import frozen_below
 
@@ -69,7 +87,19 @@ class Bottleneck(nn.Module):
         return x + self.delta(x)
 
 
-class AdaptedLinear(nn.Module):
+class Wrapped(nn.Module):
+    """A module that stands where a projection ``base`` was: its ``weight`` is still the
+    projection's, for model code that reads it (T5's feed-forward casts to ``wo.weight``'s
+    dtype)."""
+
+    base: nn.Linear
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+
+class AdaptedLinear(Wrapped):
     """A frozen projection followed by a trainable sequential adapter; with ``gate`` (a module
     mapping the projection's output to a multiplier in (0, 1): UniPELT) the adapter's change
     is scaled by it."""
@@ -128,7 +158,7 @@ def tap(model: nn.Module, roles: Roles, layer: int, role: str) -> tuple[InputTap
     return InputTap(source, model.get_submodule(root)), source.in_features
 
 
-class ParallelAdapted(nn.Module):
+class ParallelAdapted(Wrapped):
     """A frozen output projection plus ``scale * up(act(down(x)))`` of its sublayer's input ``x``."""
 
     def __init__(
@@ -219,6 +249,11 @@ def _top_hook(module: nn.Module, inputs, output):
 
 
 def _add_top(model: nn.Module, size: int, act: str) -> nn.Module:
+    if is_encoder_decoder(model):
+        raise ValueError(
+            "adapter: placement top adapts the encoder's final states a classification head "
+            "reads; an encoder-decoder has none (use placement layer)"
+        )
     if len(layer_groups(model)) < model.config.num_hidden_layers:
         # Its last layer runs at every depth: a hook on it would adapt every depth.
         raise ValueError(

@@ -3,7 +3,8 @@
 Keys and values are rescaled on their outputs (``out_features`` each), the
 feed-forward output projection on its input (``in_features``); only in the
 selected layers (``layers``; in none: the head alone trains, exported as
-``trainable.safetensors``).
+``trainable.safetensors``). On an encoder-decoder: in the selected layers of
+each stack, and a decoder layer's cross-attention keys and values too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from trainables.methods._arch import arch_of
 from trainables.methods._base import Knob, Method, freeze_base, inject_peft, layers_knob
 from trainables.methods._layers import frozen_below
 
+# Keys and values: the decoder's cross-attention's too, on an encoder-decoder (as peft's IA3
+# defaults for T5, k/v/wo, and BART, k_proj/v_proj/fc2, match both attentions).
+KV = ("key", "value", "cross_key", "cross_value")
+
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and inject IA3 vectors."""
@@ -26,7 +31,7 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     feedforward = ("ffn_out",) if knobs["ia3_targets"] == "kv_ffn" else ()
     try:
         config = IA3Config(
-            target_modules=roles.regex("key", "value", *feedforward, layers=layers),
+            target_modules=roles.regex(*KV, *feedforward, layers=layers),
             feedforward_modules=roles.regex(*feedforward, layers=layers) if feedforward else [],
         )
     except ValueError as e:

@@ -10,7 +10,7 @@ layers (RoBERTa's dense + tanh, DistilBERT's pre_classifier + ReLU, DeBERTa's
 context pooler, ModernBERT's dense + activation + norm, ...) are removed.
 Trainable: ``hidden * labels + labels`` on every architecture. Where the head
 already is that layer on the pooler output (BERT), the model is left as it
-is. (``head_only`` trains the native head.)
+is. (``head_only`` trains the native head.) Refused on an encoder-decoder.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from trainables.methods._arch import head_vector, pick_vector
-from trainables.methods._base import HEAD, Method, freeze_base
+from trainables.methods._base import HEAD, Method, classifier_only, freeze_base
 
 
 def _probe_forward(
@@ -66,6 +66,7 @@ def _last_layer(model: nn.Module, heads: list[str]) -> nn.Linear:
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Reduce the head to its last layer on the vector it reads; freeze the rest."""
+    classifier_only(model, "linear_probe")
     reads = head_vector(model)
     heads = [n for n, _ in model.named_children() if n != model.base_model_prefix]
     last = _last_layer(model, heads)

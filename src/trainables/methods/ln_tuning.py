@@ -1,7 +1,8 @@
 """LN tuning (Zhao et al. 2024, "Tuning LayerNorm in Attention") through peft: trainable
 copies of the normalisation layers inside the encoder's layers; everything else frozen.
 
-Parameters: the weights (and biases) of those norms, e.g. ``2 * 2 * H`` per BERT layer.
+Parameters: the weights (and biases) of those norms, e.g. ``2 * 2 * H`` per BERT layer; on
+an encoder-decoder, the norms of both stacks' layers (a decoder layer has three).
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ from typing import Any
 from torch import nn
 
 from trainables.methods._arch import norms_in_layers
-from trainables.methods._base import Method, inject_peft
+from trainables.methods._base import Method, head_names, inject_peft
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder and make trainable copies of the norms in its layers."""
     from peft import LNTuningConfig
 
-    norms = {id(m) for m in norms_in_layers(model)}
+    # A norm of the head (an EncoderDecoderModel's new cross-attention norm) trains as it is.
+    names = head_names(model)
+    head = {id(p) for n, p in model.named_parameters() if n in names}
+    norms = {
+        id(m)
+        for m in norms_in_layers(model)
+        if not (head and all(id(p) in head for p in m.parameters()))
+    }
     names = sorted(n for n, m in model.named_modules(remove_duplicate=True) if id(m) in norms)
     if not names:
         kind = model.config.model_type

@@ -10,7 +10,11 @@ through a reparameterising MLP, here optional (``prefix_projection``), as in
 
 Trainable: the prefixes (``prefix``'s count over the selected layers) +
 ``2 * hidden * size + size + hidden`` per selected layer (+1 with a learned
-scale) + the head.
+scale) + the head. On an encoder-decoder: prefixes at every attention of the
+selected layers of each stack (the decoder's self- and cross-attention, as
+``prefix``), a parallel adapter beside each selected layer's feed-forward block
+in both stacks (``2 * hidden * size + size + hidden`` each: the feed-forward
+input and output are ``hidden`` wide; T5's too).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from trainables.methods._layers import frozen_below
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder; add prefixes and parallel feed-forward adapters in the selected layers."""
-    callers = prefix.attention_layers(model, "mam")
+    sites = prefix.attention_layers(model, "mam")
     roles = arch_of(model, "mam")
     layers = roles.select(knobs, "mam")
     try:
@@ -35,7 +39,7 @@ def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     except ValueError as e:
         raise ValueError(f"mam: {e}") from None
     freeze_base(model)
-    prefix.add_prefix(model, knobs, callers, layers)
+    prefix.add_prefix(model, knobs, sites, prefix.sites_in(sites, layers))
     size, act, scaling = (
         knobs["adapter_size"],
         knobs["adapter_activation"],

@@ -1,4 +1,5 @@
-"""Prefix tuning (Li & Liang 2021) / P-tuning v2 (Liu et al. 2022) on encoders.
+"""Prefix tuning (Li & Liang 2021) / P-tuning v2 (Liu et al. 2022) on encoders and
+encoder-decoders.
 
 Trained key/value vectors are prepended to the keys and values of every
 attention layer. peft 0.21 refuses prefix tuning on BERT with transformers
@@ -6,11 +7,24 @@ attention layer. peft 0.21 refuses prefix tuning on BERT with transformers
 attention-function interface: a registered attention function that
 concatenates the prefix, then calls SDPA. Nothing of transformers is patched.
 
-Only the selected layers (``layers``) get a prefix; the others attend as before.
-Trainable without projection: ``prefix_length * layers * 2 * hidden``; with
-projection (a reparameterising MLP, dropped after training in the papers):
-``prefix_length * hidden + hidden * p + p + p * layers * 2 * hidden + layers * 2 * hidden``
-with ``p = prefix_hidden`` and ``layers`` the selected ones - plus the head.
+On an encoder-decoder, as in Li & Liang, every attention gets its own prefix:
+the encoder's self-attention, the decoder's self-attention and its
+cross-attention, whose prefix is prepended to the keys and values computed
+from the encoder's output. The prefix joins the keys after transformers'
+key/value cache has stored the layer's own keys, so generating with a cache
+sees each prefix once per step, never accumulated in the cache. A decoder
+self-attention's causal mask is made explicit, aligned to the last queries
+(SDPA's own ``is_causal`` would align it to the prefix), and T5's relative
+position bias gets zeros at the prefix positions.
+
+Only the selected layers (``layers``; in each stack) get a prefix; the others
+attend as before. With ``sites`` the attentions of the selected layers (one
+per encoder layer, two per decoder layer), trainable without projection:
+``prefix_length * sites * 2 * width``; with projection (a reparameterising
+MLP shared by all sites, dropped after training in the papers):
+``prefix_length * hidden + hidden * p + p + p * sites * 2 * width + sites * 2 * width``
+with ``p = prefix_hidden``; ``width`` is the keys' width (heads x head size:
+``hidden``, T5's ``num_heads * d_kv``) - plus the head.
 
 A layer's prefix may have a gate (UniPELT): a function giving, per query, the
 logit ``z`` of a gate ``g = sigmoid(z)``; the prefix positions' attention
@@ -27,7 +41,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.methods._arch import attention_callers, selected
+from trainables.methods._arch import (
+    arch_of,
+    attention_sites,
+    is_encoder_decoder,
+    register_attention,
+    selected,
+    set_attention,
+)
 from trainables.methods._base import Knob, Method, freeze_base, layers_knob
 from trainables.methods._layers import frozen_below
 
@@ -77,8 +98,14 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
             for i in (0, 1)
         )
         tokens = key.shape[2]
+        if attention_mask is None and gate is None and _causal(module, query, kwargs):
+            attention_mask = _causal_mask(query.shape[2], tokens, query.device)
         key = torch.cat([pk.to(key.dtype), key], dim=2)
         value = torch.cat([pv.to(value.dtype), value], dim=2)
+        if kwargs.get("position_bias") is not None:  # T5: no position bias at the prefix
+            bias = kwargs["position_bias"]
+            zeros = bias.new_zeros((*bias.shape[:-1], encoder.length))
+            kwargs["position_bias"] = torch.cat([zeros, bias], dim=-1)
         if gate is not None:
             mask = _gated_mask(attention_mask, gate(), query, encoder.length, tokens)
             attention_mask = mask
@@ -92,6 +119,21 @@ def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwa
             )
             attention_mask = torch.cat([pad, attention_mask], dim=-1)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _causal(module: nn.Module, query, kwargs) -> bool:
+    """Whether SDPA would apply its own causal mask here (as ``sdpa_attention_forward`` decides
+    for a call without a mask): a causal attention with more than one query."""
+    causal = kwargs.get("is_causal")
+    causal = causal if causal is not None else getattr(module, "is_causal", True)
+    return bool(causal) and query.shape[2] > 1
+
+
+def _causal_mask(queries: int, tokens: int, device) -> torch.Tensor:
+    """A boolean causal mask (1, 1, queries, tokens): the queries are the last ``queries`` of the
+    ``tokens`` positions (after a cache's earlier ones), each sees itself and what precedes."""
+    rows = torch.arange(queries, device=device)[:, None] + (tokens - queries)
+    return (torch.arange(tokens, device=device)[None, :] <= rows).view(1, 1, queries, tokens)
 
 
 def _gated_mask(attention_mask, logit, query, length: int, tokens: int):
@@ -111,43 +153,43 @@ def _gated_mask(attention_mask, logit, query, length: int, tokens: int):
     return torch.cat([gates, own], dim=-1)
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(IMPLEMENTATION, prefix_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
-
-
-def attention_layers(model: nn.Module, method: str) -> list[tuple[nn.Module, int]]:
-    """The modules that call the attention interface, one per layer, with their keys' width;
-    a ValueError ``"<method>: ..."`` where prefixes cannot go."""
-    callers, why = attention_callers(model)
+def attention_layers(model: nn.Module, method: str) -> list[tuple[nn.Module, int, int]]:
+    """The modules that call the attention interface with their keys' width and their layer
+    (:func:`~trainables.methods._arch.attention_sites`: one per encoder layer, two per decoder
+    layer); a ValueError ``"<method>: ..."`` where prefixes cannot go."""
+    sites, why = attention_sites(model)
     if why:
         raise ValueError(f"{method}: {why}; prefixes need it (use lora, adapter or p_tuning there)")
-    widths = {w for _, w in callers}
+    widths = {w for _, w, _ in sites}
     if len(widths) != 1:
         raise ValueError(f"{method}: the layers' keys differ in width ({sorted(widths)})")
-    return callers
+    return sites
+
+
+def sites_in(sites: list[tuple[nn.Module, int, int]], layers: list[int]) -> list[int]:
+    """The indices into ``sites`` of the attentions in ``layers``."""
+    chosen = set(layers)
+    return [j for j, (_, _, layer) in enumerate(sites) if layer in chosen]
 
 
 def add_prefix(
     model: nn.Module,
     knobs: dict[str, Any],
-    callers: list[tuple[nn.Module, int]],
+    callers: list[tuple[nn.Module, int, int]],
     layers: list[int],
     gates: dict[int, Any] | None = None,
 ) -> None:
-    """Prefixes in ``layers`` (indices into ``callers``), one encoder entry per layer, and the
-    attention routed through them; ``gates``: layer -> a function giving the per-query gate
-    logits (UniPELT). Nothing is added for no layer."""
+    """Prefixes at the attentions ``layers`` (indices into ``callers``, the sites of
+    :func:`attention_layers`), one encoder entry each, and the attention routed through them;
+    ``gates``: index -> a function giving the per-query gate logits (UniPELT). Nothing is
+    added for none."""
     if not layers:
         return
     ref = next(model.parameters())
     encoder = PrefixEncoder(
         knobs["prefix_length"],
         len(layers),
-        model.config.hidden_size,
+        model_width(model),
         knobs["prefix_projection"],
         knobs["prefix_hidden"],
         width=callers[0][1],
@@ -155,16 +197,31 @@ def add_prefix(
     model.prefix_encoder = encoder
     for entry, i in enumerate(layers):
         _PREFIX_OF[callers[i][0]] = (encoder, entry, (gates or {}).get(i))
-    _register()
-    model.set_attn_implementation(IMPLEMENTATION)
+    register_attention(IMPLEMENTATION, prefix_attention)
+    set_attention(model, IMPLEMENTATION)
+
+
+def model_width(model: nn.Module) -> int:
+    """The hidden size (T5's ``d_model``; an ``EncoderDecoderModel``'s encoder's)."""
+    config = model.config
+    config = getattr(config, "encoder", config) if not hasattr(config, "hidden_size") else config
+    return config.hidden_size
+
+
+def placed(model: nn.Module, knobs: dict[str, Any], sites, method: str) -> list[int]:
+    """The layers a prefix method's ``layers`` knob selects: of the attention sites' layers on
+    an encoder (as found), in each stack of an encoder-decoder."""
+    if is_encoder_decoder(model):
+        return arch_of(model, method).select(knobs, method)
+    return selected(knobs, len(sites), method)
 
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder, add the prefix encoder, route attention through it."""
-    callers = attention_layers(model, "prefix")
-    layers = selected(knobs, len(callers), "prefix")
+    sites = attention_layers(model, "prefix")
+    layers = placed(model, knobs, sites, "prefix")
     freeze_base(model)
-    add_prefix(model, knobs, callers, layers)
+    add_prefix(model, knobs, sites, sites_in(sites, layers))
     return model
 
 
@@ -199,8 +256,9 @@ def projection_knobs() -> tuple[Knob, Knob]:
 METHOD = Method(
     name="prefix",
     apply=apply,
-    help="trained key/value prefixes in the selected layers (P-tuning v2) + head; the encoder "
-    "is frozen",
+    help="trained key/value prefixes in the selected layers (P-tuning v2; on an encoder-decoder "
+    "at the encoder's and the decoder's self-attention and the cross-attention) + head; the "
+    "encoder is frozen",
     knobs=(length_knob(16), *projection_knobs(), layers_knob()),
     frozen=frozen_below,
 )

@@ -6,6 +6,12 @@ multimodal) and that builds from its default config without remote code. Each
 method is applied with its defaults (:data:`KNOBS` where they do not fit two
 layers) to a weightless (meta-device) model: it
 applies, or it is refused with a one-line reason, as ``validate`` does.
+
+The sequence-to-sequence matrix (:func:`seq2seq_matrix`) does the same for
+the text encoder-decoders ``AutoModelForSeq2SeqLM`` maps (:func:`seq2seq_types`:
+T5, BART, Marian, mBART, Pegasus, ...) and for an ``EncoderDecoderModel``
+warm-started from a BERT encoder (type ``encoder-decoder``), built by
+:func:`meta_seq2seq` as ``validate`` builds them.
 """
 
 from __future__ import annotations
@@ -135,3 +141,119 @@ def format_matrix(table: dict[str, dict[str, str | None]]) -> str:
     ]
     lines += [f"- {', '.join(where)}: {why}" for why, where in reasons.items()]
     return "\n".join(lines)
+
+
+# The sequence-to-sequence types built for the matrix besides those found: an EncoderDecoderModel
+# of two BERTs (what an encoder-only checkpoint is warm-started as).
+WARM_STARTED = "encoder-decoder"
+
+
+def seq2seq_types() -> list[str]:
+    """The text encoder-decoder types of the installed transformers that ``AutoModelForSeq2SeqLM``
+    maps and that build from their default config (multimodal and speech models left out, with
+    the reason in :data:`SKIPPED`), and ``encoder-decoder`` (:data:`WARM_STARTED`)."""
+    import warnings
+
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto import modeling_auto as auto
+
+    out = []
+    for kind in sorted(auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES):
+        if kind == WARM_STARTED:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config = CONFIG_MAPPING[kind]()
+        except Exception as e:  # a config that needs arguments or a missing package
+            SKIPPED[kind] = f"no default config ({type(e).__name__})"
+            continue
+        if not getattr(config, "is_encoder_decoder", False) or getattr(config, "sub_configs", {}):
+            SKIPPED[kind] = "not a text encoder-decoder (speech, audio or multimodal)"
+            continue
+        try:
+            meta_seq2seq_model(kind)
+        except Exception as e:  # e.g. an optional package it imports
+            SKIPPED[kind] = f"does not build ({type(e).__name__})"
+            continue
+        out.append(kind)
+    return [*out, WARM_STARTED]
+
+
+def meta_seq2seq_model(model_type: str) -> nn.Module:
+    """A weightless encoder-decoder of ``model_type`` (its default config, two layers in each
+    stack where it can); ``encoder-decoder``: warm-started from a default BERT config."""
+    import warnings
+
+    from transformers import CONFIG_MAPPING
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = CONFIG_MAPPING["bert" if model_type == WARM_STARTED else model_type]()
+        for key in ("num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers",
+                    "num_hidden_layers"):  # fmt: skip
+            if isinstance(getattr(config, key, None), int) and key in config.to_dict():
+                setattr(config, key, 2)
+    return meta_seq2seq(config)
+
+
+def meta_seq2seq(config) -> nn.Module:
+    """The weightless (meta-device) sequence-to-sequence model of ``config``, as loading builds
+    it (``trainables.model.load_seq2seq``): ``AutoModelForSeq2SeqLM`` for an encoder-decoder;
+    for an encoder-only config, an ``EncoderDecoderModel`` of two such encoders, the decoder's
+    with cross-attention and a causal-LM head, whose new parameters (what the encoder's
+    checkpoint lacks: the cross-attention, the LM head's transform and bias) are recorded as
+    the checkpoint would leave them (``trainables.model.NEW_PARAMETERS``)."""
+    import copy
+    import warnings
+
+    import torch
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        EncoderDecoderModel,
+    )
+
+    from trainables.model import NEW_PARAMETERS, new_parameter_names
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        if getattr(config, "is_encoder_decoder", False):
+            model = AutoModelForSeq2SeqLM.from_config(config)
+            model.__dict__[NEW_PARAMETERS] = frozenset()
+            return model
+        encoder = AutoModel.from_config(config)
+        decoder_config = copy.deepcopy(config)
+        decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+        decoder = AutoModelForCausalLM.from_config(decoder_config)
+        model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    # What the checkpoint has: the encoder's parameters, under the decoder's base model too.
+    have = {n for n, _ in encoder.named_parameters(remove_duplicate=False)}
+    base = decoder.base_model_prefix
+    missing = {
+        f"decoder.{n}"
+        for n, _ in decoder.named_parameters(remove_duplicate=False)
+        if n.removeprefix(base + ".") not in have
+    }
+    model.__dict__[NEW_PARAMETERS] = new_parameter_names(model, missing)
+    return model
+
+
+def seq2seq_support(model_type: str, methods: list[str] | None = None) -> dict[str, str | None]:
+    """:func:`support` for an encoder-decoder type (:func:`seq2seq_types`)."""
+    from trainables.methods import METHODS, apply_method
+
+    out: dict[str, str | None] = {}
+    for name in methods or list(METHODS):
+        try:
+            apply_method(meta_seq2seq_model(model_type), name, KNOBS.get(name))
+            out[name] = None
+        except ValueError as e:
+            out[name] = str(e).splitlines()[0]
+    return out
+
+
+def seq2seq_matrix(types: list[str] | None = None) -> dict[str, dict[str, str | None]]:
+    """:func:`seq2seq_support` for every encoder-decoder type (:func:`format_matrix` prints it)."""
+    return {kind: seq2seq_support(kind) for kind in types or seq2seq_types()}

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from trainables.methods import adapter, lora, prefix
-from trainables.methods._arch import Roles, arch_of
+from trainables.methods._arch import Roles, arch_of, is_encoder_decoder
 from trainables.methods._base import Method, freeze_base, layers_knob
 from trainables.methods._layers import frozen_below
 
@@ -81,6 +81,11 @@ def _prefix_gates(model: nn.Module, roles: Roles, callers, layers: list[int]) ->
 
 def apply(model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
     """Freeze the encoder; add gated LoRA, prefixes and adapters in the selected layers."""
+    if is_encoder_decoder(model):
+        raise ValueError(
+            "unipelt: encoder-decoders are not supported: its gates are defined for encoder "
+            "layers (Mao et al. evaluate on GLUE); use mam, prefix, lora or adapter there"
+        )
     callers = prefix.attention_layers(model, "unipelt")
     roles = arch_of(model, "unipelt")
     layers = roles.select(knobs, "unipelt")
