@@ -127,10 +127,11 @@ def cache_seconds(res) -> float:
 
 def front(res) -> list[dict]:
     """The run's Pareto-optimal trials: method, knobs, accuracy, trainable parameters."""
-    from reports.figure_data import pareto_front_nd
+    from reports.figure_data import healthy, pareto_front_nd
 
-    t = res.trials[res.trials["status"] == "ok"]
-    rows = pareto_front_nd(t, ["val_accuracy", "trainable_params"], ["max", "min"])
+    rows = pareto_front_nd(
+        healthy(res.trials), ["val_accuracy", "trainable_params"], ["max", "min"]
+    )
     return [{"method": r["method"], "knobs": r["knobs_json"],
              "val_accuracy": round(float(r["val_accuracy"]), 4),
              "trainable_params": int(r["trainable_params"])} for _, r in rows.iterrows()]  # fmt: skip
@@ -186,6 +187,8 @@ def _component(row) -> str:
 
 def components(task: str, seeds: list[int], b: dict, storage: str) -> list[dict]:
     """The fixed component configurations, each trained on every seed: validation accuracy."""
+    from reports.figure_data import healthy
+
     scores: dict[str, list[float]] = {}
     params: dict[str, int] = {}
     for seed in seeds:
@@ -193,7 +196,7 @@ def components(task: str, seeds: list[int], b: dict, storage: str) -> list[dict]
         raw["search"] = {"searcher": "grid", "objectives": ["val_accuracy"], "max_concurrent": 1}
         raw["scheduler"] = {"type": "none"}
         res = run_search(raw, f"{task}-components-s{seed}")
-        for _, r in res.trials[res.trials["status"] == "ok"].iterrows():
+        for _, r in healthy(res.trials).iterrows():
             scores.setdefault(_component(r), []).append(float(r["val_accuracy"]))
             params[_component(r)] = int(r["trainable_params"])
     rows = []

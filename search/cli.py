@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="which method applies to which encoder type of the installed transformers, and why not",
     )
+    me.add_argument(
+        "--seq2seq",
+        action="store_true",
+        help="with --matrix: the encoder-decoder types (task: seq2seq) instead",
+    )
 
     ex = sub.add_parser(
         "export",
@@ -381,9 +386,9 @@ def cmd_methods(args) -> int:
     from trainables.methods import METHODS
 
     if args.matrix:
-        from trainables.methods.support import format_matrix, matrix
+        from trainables.methods.support import format_matrix, matrix, seq2seq_matrix
 
-        print(format_matrix(matrix()))
+        print(format_matrix(seq2seq_matrix() if args.seq2seq else matrix()))
         return 0
     for m in METHODS.values():
         print(f"{m.name}: {m.help}")

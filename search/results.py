@@ -137,6 +137,7 @@ def trial_rows(run: RunDir, space=None, live_trials=None) -> tuple[list[dict], l
             "trainable_params": last.get("trainable_params"),
             "total_params": last.get("total_params"),
             "trainable_fraction": last.get("trainable_fraction"),
+            "new_params": last.get("new_params"),  # loading's new parameters: train under all
             **metric_values(df if has_rows else None, metric, mode),
             "best_iteration": int(df["training_iteration"][best]) if has_rows else None,
             "iterations": iterations,
@@ -278,6 +279,7 @@ def _trial_columns(metric: str) -> list[str]:
     ranked = [metric, f"{metric}_last"] if metric not in dict(BASE_METRICS) else []
     return [
         "trial_id", "method", "status", "trainable_params", "total_params", "trainable_fraction",
+        "new_params",
         "val_accuracy", "val_accuracy_last", "val_loss", "val_loss_last", *ranked, "best_iteration",
         "iterations", "planned_iterations",
         "stopped_early", "wall_time_s", "ended_at", *COST_COLUMNS, "costs_reused", "feature_cache", "layer_cache_k", "precision_used", "data_splits", "error", "num_failures", "node", "node_id", "gpu_ids", "config_json", "knobs_json", "examples_json",

@@ -267,36 +267,14 @@ def test_report_figure_data_from_a_real_run(finished_run):
     assert (res.run_dir / "pareto.svg").read_text().startswith("<svg")
 
 
-def chromium() -> str | None:
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_report_renders_in_headless_chromium_without_js_errors(finished_run, tmp_path):
-    import os
     import subprocess
 
-    browser = chromium()
-    if browser is None:
-        if os.environ.get("PEFTSEARCH_REQUIRE_CHROMIUM"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from browser import dump_dom, flags
+
     res, _ = finished_run
     page = res.run_dir / "report.html"
-    flags = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-default-apps", "--disable-extensions",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-    ]  # fmt: skip
-    dom = subprocess.run(
-        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    found = re.search(r'<pre id="js-status">([^<]*)</pre>', dom.stdout)
-    assert found, "the page's last script never ran"
-    status = json.loads(found.group(1))
+    dom, status = dump_dom(page, tmp_path / "profile")
     assert status["errors"] == []
     # Pareto front, hypervolume, curves, compute, knob effects: all drawn.
     assert status["figures"] == 5
@@ -306,10 +284,15 @@ def test_report_renders_in_headless_chromium_without_js_errors(finished_run, tmp
     assert buttons[:2] == ["trainable parameters", "trainable %"], buttons
     assert set(buttons) <= {"trainable parameters", "trainable %", "latency (merged)",
                             "latency (unmerged)", "inference memory", "artifact size"}  # fmt: skip
-    assert 'id="knob-importance"' in dom.stdout and "Reference point:" in dom.stdout
+    assert 'id="knob-importance"' in dom and "Reference point:" in dom
     shot = tmp_path / "report.png"
     subprocess.run(
-        [*flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+        [
+            *flags(tmp_path / "profile"),
+            "--window-size=1200,3000",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
         capture_output=True,
         timeout=120,
     )

@@ -435,3 +435,37 @@ def test_report_sections_of_an_old_run_without_the_new_columns():
     # Without total_params, no reference for the parameter count: said, not drawn.
     page = render(df.drop(columns="total_params"), EMPTY_CURVES, "run")
     assert 'id="fig-hypervolume"' not in page and "no hypervolume: trainable_params" in page
+
+
+def test_seq2seq_report_names_its_metric_and_shows_the_fronts_generations_escaped():
+    """A seq2seq run: axes and tables say ROUGE-L, the Pareto-optimal trials' example generations
+    are shown (source, reference, output; escaped), a dominated trial's are not, and the share
+    of new parameters (which train under every method) is said, with method_% beside."""
+    evil = "<script>alert(1)</script>"
+    rows = [("a", "full", 1000, 40.0), ("b", "lora", 150, 35.0), ("c", "bitfit", 200, 20.0)]
+    trials = pd.DataFrame(rows, columns=["trial_id", "method", "trainable_params", "val_rougeL"])
+    trials = trials.assign(
+        total_params=1000, new_params=100, trainable_fraction=trials["trainable_params"] / 1000,
+        stopped_early=False, status="TERMINATED", wall_time_s=1.0, error=None,
+        knobs_json=json.dumps({"learning_rate": 0.001}), iterations=2, planned_iterations=2,
+        metric="val_rougeL", metric_mode="max", task="seq2seq",
+        examples_json=[json.dumps([{"source": f"{t} {evil}", "reference": "ref " + t,
+                                    "output": f"OUTPUT-{t}"}] * 4) for t in ("a", "b", "c")],
+    )  # fmt: skip
+    curves = pd.DataFrame(columns=["trial_id", "method", "iteration", "epoch", "val_rougeL"])
+    page = render(trials, curves, "headlines")
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Pareto front: trainable parameters vs validation ROUGE-L" in page
+    assert 'id="examples"' in page and "OUTPUT-b" in page and "OUTPUT-a" in page
+    assert "OUTPUT-c" not in page  # bitfit is dominated by lora: not on the front
+    assert page.count("ref b") == 3  # EXAMPLES_SHOWN of the four recorded
+    assert "10.0% of the model's parameters anew" in page and "method_%" in page
+    front = objective_front_table(trials)
+    assert set(front["trial_id"]) == {"a", "b"}
+
+
+def test_classification_reports_have_no_generation_sections():
+    trials = trials_frame([("a", "full", 1000, 0.80), ("b", "lora", 10, 0.95)])
+    page = render(trials, pd.DataFrame(columns=["trial_id", "method", "iteration", "epoch",
+                                                "val_accuracy", "val_loss"]), "run")  # fmt: skip
+    assert 'id="examples"' not in page and "method_%" not in page

@@ -40,13 +40,15 @@ from trainables.model import (
 )
 
 WORDS = sorted({w for ws in TOPICS.values() for w in ws} | set(FILLER))
-KINDS = ("t5", "bart", "marian", "bert")  # bert: warm-started as an EncoderDecoderModel
+# bert: warm-started as an EncoderDecoderModel; mbart: the translation path's other model
+KINDS = ("t5", "bart", "marian", "mbart", "bert")
 D, LAYERS, HEADS, FFN = 32, 2, 4, 64
 WIDE = 0.3  # the standard deviation of every weight matrix of the tiny models
 # Special tokens of each tiny word-level tokenizer, in id order, and its post-processing.
 SPECIALS = {
     "t5": (["<pad>", "</s>", "<unk>"], "$A </s>"),
     "bart": (["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>"),
+    "mbart": (["<s>", "<pad>", "</s>", "<unk>"], "$A </s>"),
     "marian": (["</s>", "<unk>", "<pad>"], "$A </s>"),
 }
 
@@ -66,7 +68,7 @@ def build_tokenizer(kind: str, out: Path):
         used = [(s, ids[s]) for s in ("<s>", "</s>") if s in template]
         raw.post_processor = processors.TemplateProcessing(single=template, special_tokens=used)
         raw.decoder = decoders.WordPiece()  # words joined by spaces
-        extra = {"bos_token": "<s>"} if kind == "bart" else {}
+        extra = {"bos_token": "<s>"} if kind in ("bart", "mbart") else {}
         tok = PreTrainedTokenizerFast(
             tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", **extra
         )
@@ -76,8 +78,10 @@ def build_tokenizer(kind: str, out: Path):
 
 def build_config(kind: str, tok):
     """A tiny config of ``kind``, its optional modules on (T5: gated-GELU, an untied LM head;
-    BART: the embedding layer norm, scaled embeddings; Marian: shared embeddings, scaled)."""
-    from transformers import BartConfig, BertConfig, MarianConfig, T5Config
+    BART: the embedding layer norm, scaled embeddings; Marian: shared embeddings, scaled;
+    mBART: pre-norm layers with a final norm per stack, the decoder started by EOS as its
+    language code would)."""
+    from transformers import BartConfig, BertConfig, MarianConfig, MBartConfig, T5Config
 
     size, pad, eos = len(tok), tok.pad_token_id, tok.eos_token_id
     stacks = {
@@ -95,6 +99,11 @@ def build_config(kind: str, tok):
         )  # fmt: skip
     if kind == "bart":
         return BartConfig(
+            vocab_size=size, bos_token_id=tok.bos_token_id, pad_token_id=pad, eos_token_id=eos,
+            decoder_start_token_id=eos, forced_bos_token_id=None, scale_embedding=True, **stacks,
+        )  # fmt: skip
+    if kind == "mbart":
+        return MBartConfig(
             vocab_size=size, bos_token_id=tok.bos_token_id, pad_token_id=pad, eos_token_id=eos,
             decoder_start_token_id=eos, forced_bos_token_id=None, scale_embedding=True, **stacks,
         )  # fmt: skip
@@ -188,7 +197,7 @@ def test_warm_start_new_parameters_are_the_cross_attention_and_lm_head(models):
     ]
 
 
-@pytest.mark.parametrize("kind", ["t5", "bart", "marian"])
+@pytest.mark.parametrize("kind", ["t5", "bart", "marian", "mbart"])
 def test_pretrained_seq2seq_has_no_new_parameters(models, kind):
     model = load_seq2seq(str(models[kind]))
     assert model.config.is_encoder_decoder and head_parameter_names(model) == set()
@@ -406,7 +415,7 @@ def test_results_keep_every_validation_figure_and_the_best_examples():
 @pytest.mark.parametrize(
     "kind,method", [("t5", "full"), ("t5", "lora"), ("bart", "lora"), ("marian", "full"),
                     ("bert", "full"), ("bert", "lora"), ("t5", "ia3"), ("bart", "bitfit"),
-                    ("marian", "prompt_tuning"), ("bert", "prompt_tuning")],
+                    ("marian", "prompt_tuning"), ("bert", "prompt_tuning"), ("mbart", "lora")],
 )  # fmt: skip
 def test_export_generates_what_the_trial_generates(models, kind, method, tmp_path):
     """The exported folder, loaded by transformers / peft directly and by load_model, generates
@@ -528,3 +537,11 @@ def test_a_seq2seq_search_records_generations_and_exports_and_confirms(models, r
     assert (confirmed["status"] == "ok").all(), confirmed["error"].tolist()
     assert confirmed["test_rougeL"].notna().all() and confirmed["test_examples_json"].notna().all()
     assert (confirmed["test_metric"] == confirmed["test_rougeL"]).all()
+    # The report, in a real browser: ROUGE-L on its axes and tables, the front's generations.
+    from browser import dump_dom
+
+    dom, status = dump_dom(res.run_dir / "report.html", tmp_path / "profile")
+    assert status["errors"] == [] and status["figures"] == 5
+    assert "Pareto front: trainable parameters vs validation ROUGE-L" in dom
+    assert 'id="examples"' in dom and "<th>reference</th>" in dom and "<th>output</th>" in dom
+    assert "test ROUGE-L" in dom or "test_rougeL" in dom

@@ -260,6 +260,18 @@ def recorded_new_parameters(model: nn.Module) -> set[str] | None:
     return None
 
 
+def count_new_parameters(model: nn.Module) -> int:
+    """How many of the model's parameters loading initialised anew (each tensor once): the
+    head of a warm-started encoder-decoder, which trains under every method; 0 where the
+    model records none."""
+    names = recorded_new_parameters(model) or set()
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in names and id(p) not in seen:
+            seen.add(id(p))
+    return sum(p.numel() for p in model.parameters() if id(p) in seen)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters of the built model, each tensor counted once.
 

@@ -36,7 +36,13 @@ from trainables.loop import (
 )
 from trainables.methods import apply_method, get_method
 from trainables.metrics import SEQ2SEQ, mode_of
-from trainables.model import count_parameters, load_model, load_tokenizer, set_threads
+from trainables.model import (
+    count_new_parameters,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    set_threads,
+)
 
 
 def split_config(flat: dict[str, Any]) -> tuple[str, dict[str, Any], TrainConfig]:
@@ -211,6 +217,9 @@ def _fixed(model, method: str, data: PreparedData, cfg: TrainConfig, cached: boo
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / total,
+        # Trained under every method (a warm-started decoder's cross-attention): no method of
+        # the search can train fewer; the report shows the share without them.
+        "new_params": count_new_parameters(model),
         "planned_iterations": len(eval_steps(len(data.splits["train"]), cfg)),
         "feature_cache": cached,
         "layer_cache_k": layer_k,
