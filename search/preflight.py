@@ -34,7 +34,7 @@ def check_fit(space: Space):
     With ``task: seq2seq`` the model must be an encoder-decoder or an encoder that can be
     warm-started as one (:func:`trainables.model.seq2seq_problem`: a decoder-only model, or
     an encoder transformers cannot run as a decoder, is refused with the reason), and the
-    methods are applied to the sequence-to-sequence model (:func:`seq2seq_skeleton`).
+    methods are applied to the sequence-to-sequence model (:func:`task_skeleton`).
     """
     import torch
 
@@ -68,45 +68,12 @@ def task_skeleton(space: Space, config):
     """The model a trial of the space trains, built from ``config`` alone (no weights; on the
     meta device where the caller asks): a sequence classifier, or a seq2seq model."""
     if space.experiment.task == SEQ2SEQ:
-        return seq2seq_skeleton(config)
+        from trainables.methods.support import meta_seq2seq
+
+        return meta_seq2seq(config)
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_config(config)
-
-
-def seq2seq_skeleton(config):
-    """The sequence-to-sequence model of ``config`` as :func:`trainables.model.load_seq2seq`
-    builds it, from the config alone: an encoder-decoder as it is; an encoder warm-started as
-    an ``EncoderDecoderModel`` (decoder with cross-attention, its output projection tied to its
-    word embeddings). Its new parameters (trained under every method) are estimated as for a
-    bare-encoder checkpoint: the cross-attention and the decoder's LM head."""
-    import copy
-
-    from transformers import (
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        EncoderDecoderModel,
-    )
-
-    from trainables.model import NEW_PARAMETERS
-
-    if getattr(config, "is_encoder_decoder", False):
-        model = AutoModelForSeq2SeqLM.from_config(config)
-        model.__dict__[NEW_PARAMETERS] = frozenset()
-        return model
-    dec_config = copy.deepcopy(config)
-    dec_config.is_decoder, dec_config.add_cross_attention = True, True
-    decoder = AutoModelForCausalLM.from_config(dec_config)
-    decoder.get_output_embeddings().weight = decoder.get_input_embeddings().weight
-    model = EncoderDecoderModel(encoder=AutoModel.from_config(config), decoder=decoder)
-    base = f"decoder.{decoder.base_model_prefix}."
-    model.__dict__[NEW_PARAMETERS] = frozenset(
-        n
-        for n, _ in model.named_parameters()
-        if n.startswith("decoder.") and ("crossattention" in n or not n.startswith(base))
-    )
-    return model
 
 
 def expand_masks(space: Space, config) -> list[tuple[str, str]]:
@@ -114,18 +81,24 @@ def expand_masks(space: Space, config) -> list[tuple[str, str]]:
 
     The count is the shared layer discovery's (``trainables.methods._arch.layer_groups``),
     the layers the methods place themselves in: ALBERT reuses one layer at every depth, so
-    its mask has one bit (a method there is in every depth or in none).
+    its mask has one bit (a method there is in every depth or in none). An encoder-decoder's
+    mask has one bit per layer of each stack (``mask_bits``; stacks of unequal depth: none).
     """
     import torch
 
-    from trainables.methods._arch import layer_groups
+    from trainables.methods._arch import layer_groups, mask_bits
 
     masks = [f"methods.{m}.{k}" for m, ks in space.methods.items() for k, d in ks.items()
              if d.kind == "mask"]  # fmt: skip
     if not masks:
         return []
     with torch.device("meta"):
-        n = len(layer_groups(task_skeleton(space, config)))
+        model = task_skeleton(space, config)
+        n = mask_bits(model) if space.experiment.task == SEQ2SEQ else len(layer_groups(model))
+    if n is None:
+        why = f"{space.model}'s encoder and decoder differ in depth: a mask has one bit per layer"
+        return [(key, f"{why} of each stack; give layers a named value (all, top_K)")
+                for key in masks]  # fmt: skip
     if not n:
         kind = getattr(config, "model_type", "?")
         why = f"no encoder layers found in {space.model} ({kind}) to give a layer mask bits"

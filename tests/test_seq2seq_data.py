@@ -465,3 +465,36 @@ def test_a_good_seq2seq_space_validates(tmp_path, tiny_bert):
     out = run_cli(["validate", str(path)], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "good.yaml: ok" in out.stdout and "val_rougeL" in out.stdout
+
+
+def test_a_layer_mask_on_an_encoder_decoder_has_a_bit_per_layer_of_each_stack(tmp_path):
+    """check_fit gives a seq2seq mask the depth of a stack (BART 3 + 3 layers: 3 bits, not 6),
+    and refuses a mask where the stacks differ in depth, naming the key."""
+    from transformers import BartConfig
+
+    from search.preflight import check_fit
+    from search.space import SpaceError, validate
+
+    (tmp_path / "pairs.csv").write_text("s,t\na b c,a\n")
+
+    def space(decoder_layers: int):
+        folder = tmp_path / f"bart{decoder_layers}"
+        BartConfig(
+            vocab_size=50, d_model=16, encoder_layers=3, decoder_layers=decoder_layers,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_ffn_dim=32, max_position_embeddings=512,
+        ).save_pretrained(folder)  # fmt: skip
+        raw = {
+            "experiment": {"model": str(folder), "task": "seq2seq",
+                           "dataset": {"path": str(tmp_path / "pairs.csv"), "source": "s",
+                                       "target": "t"}},
+            "methods": {"lora": {"layers": {"mask": True}}},
+        }  # fmt: skip
+        return validate(raw, "mask.yaml")
+
+    same = space(3)
+    check_fit(same)
+    assert same.methods["lora"]["layers"].value == 3
+    with pytest.raises(SpaceError, match="differ in depth") as e:
+        check_fit(space(2))
+    assert "methods.lora.layers" in str(e.value)
