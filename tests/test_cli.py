@@ -31,6 +31,20 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def refused_before_ray(path: Path, cwd: Path, expect: str | tuple[str, ...]) -> None:
+    """``validate`` and ``run`` of the space at ``path`` each exit 2 before Ray starts, with
+    every part of ``expect`` on stderr and no traceback; nothing is written under ``cwd``."""
+    before = sorted(cwd.rglob("*"))
+    for command in ("validate", "run"):
+        out = run_cli([command, str(path)], cwd)
+        assert out.returncode == 2, out.stderr
+        for part in (expect,) if isinstance(expect, str) else expect:
+            assert part in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
+        assert "RAY_STARTED False" in out.stdout
+    assert sorted(cwd.rglob("*")) == before  # nothing written, here or beside it
+
+
 def _set(key: str, value):
     """A change to the space: ``key`` (a dotted path) set to ``value``."""
 
@@ -175,16 +189,8 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
     extra = change(space, tmp_path)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(space) + (extra or ""))
-    before = sorted(tmp_path.rglob("*"))
-    for command in ("validate", "run"):
-        out = run_cli([command, str(path)], tmp_path)
-        assert out.returncode == 2, out.stderr
-        for part in (expect,) if isinstance(expect, str) else expect:
-            assert part in out.stderr, out.stderr
-        assert "Traceback" not in out.stderr, out.stderr
-        assert "RAY_STARTED False" in out.stdout
+    refused_before_ray(path, tmp_path, expect)
     assert not storage.exists()
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written, here or beside it
 
 
 def test_unknown_set_key_for_trial_exits_2(tmp_path, tiny_bert, topics_tsv):

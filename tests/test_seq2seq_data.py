@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import FILLER, TOPICS, vocab
-from test_cli import run_cli
+from test_cli import refused_before_ray, run_cli
 
 from search.space import SCHEMA, Eval, SpaceError, _Loader, validate
 from trainables.data import (
@@ -447,15 +447,7 @@ def test_bad_seq2seq_input_exits_2_and_writes_nothing(
     change(space, tmp_path)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(space))
-    before = sorted(tmp_path.rglob("*"))
-    for command in ("validate", "run"):
-        out = run_cli([command, str(path)], tmp_path)
-        assert out.returncode == 2, out.stderr
-        for part in (expect,) if isinstance(expect, str) else expect:
-            assert part in out.stderr, out.stderr
-        assert "Traceback" not in out.stderr, out.stderr
-        assert "RAY_STARTED False" in out.stdout
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    refused_before_ray(path, tmp_path, expect)
 
 
 def test_a_good_seq2seq_space_validates(tmp_path, tiny_bert):

@@ -89,14 +89,16 @@ def meta_model(model_type: str) -> nn.Module:
                 return AutoModelForSequenceClassification.from_config(config)
 
 
-def support(model_type: str, methods: list[str] | None = None) -> dict[str, str | None]:
-    """Per method: None where it applies to ``model_type``, else why not (one line)."""
+def support(model_type: str, methods: list[str] | None = None, build=None) -> dict[str, str | None]:
+    """Per method: None where it applies to ``model_type``, else why not (one line).
+    ``build``: the weightless model of a type (default :func:`meta_model`, a classifier)."""
     from trainables.methods import METHODS, apply_method
 
+    build = build or meta_model
     out: dict[str, str | None] = {}
     for name in methods or list(METHODS):
         try:
-            apply_method(meta_model(model_type), name, KNOBS.get(name))
+            apply_method(build(model_type), name, KNOBS.get(name))
             out[name] = None
         except ValueError as e:
             out[name] = str(e).splitlines()[0]
@@ -242,16 +244,7 @@ def meta_seq2seq(config) -> nn.Module:
 
 def seq2seq_support(model_type: str, methods: list[str] | None = None) -> dict[str, str | None]:
     """:func:`support` for an encoder-decoder type (:func:`seq2seq_types`)."""
-    from trainables.methods import METHODS, apply_method
-
-    out: dict[str, str | None] = {}
-    for name in methods or list(METHODS):
-        try:
-            apply_method(meta_seq2seq_model(model_type), name, KNOBS.get(name))
-            out[name] = None
-        except ValueError as e:
-            out[name] = str(e).splitlines()[0]
-    return out
+    return support(model_type, methods, meta_seq2seq_model)
 
 
 def seq2seq_matrix(types: list[str] | None = None) -> dict[str, dict[str, str | None]]:
