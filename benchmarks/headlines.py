@@ -7,7 +7,7 @@
    bound is 10 minutes on 2 CPU cores.
 2. ``confirm --per-method --top 1``: each method's best configuration by validation ROUGE-L,
    retrained with ``--seeds`` seeds (3), each read once on the held-out test split (10% of
-   BBC News, 223 articles) at its best validation round.
+   BBC News, 222 articles) at its best validation round.
 Rows: trainable % (and without the parameters every method trains: the new cross-attention),
 test ROUGE-1/2/L mean ± std over seeds, and the validation-to-test gap of ROUGE-L. Nothing is
 downloaded: the model and the data come from PyPI.
@@ -95,6 +95,7 @@ def main() -> None:
         "demo_trials": len(res.trials),
         "demo_methods": sorted(res.trials["method"].unique()),
         "confirm_wall_s": round(confirm_s),
+        "test_examples": int(conf["n_test"].iloc[0]) if "n_test" in conf else None,
         "met": {"demo_under_10_min": demo_s <= 600},
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

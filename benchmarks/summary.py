@@ -153,7 +153,26 @@ def lines() -> list[tuple[str, str, str, str]]:
     if r := _load("warm_start"):
         out.append(("warm_start", _warm(r), "warm start ahead of cold at equal trial-seconds",
                     "yes" if _warm_ahead(r) else "no"))  # fmt: skip
+    if r := _load("headlines"):
+        out.append(("headlines", _headlines(r) + _loaded(r),
+                    "`peftsearch run headlines` ≤ 10 min on 2 cores, ≥ 4 methods, ASHA, a report",
+                    "yes" if r["met"]["demo_under_10_min"] and len(r["demo_methods"]) >= 4
+                    else "no"))  # fmt: skip
     return out
+
+
+def _headlines(r: dict) -> str:
+    """The seq2seq demo's wall time, then each method's confirmed test ROUGE-1/2/L."""
+    per = "; ".join(
+        f"{x['method']} ({x['trainable_%']:g}% trainable, {x['method_%']:g}% without the new "
+        f"cross-attention) {x['test_rouge1']} / {x['test_rouge2']} / {x['test_rougeL']}, "
+        f"val-test gap {x['val_test_gap']:+.2f}"
+        for x in sorted(r["rows"], key=lambda x: x["trainable_%"])
+    )
+    return (f"demo: {r['demo_trials']} trials of {len(r['demo_methods'])} methods in "
+            f"{r['demo_wall_s']} s; each method's best by validation ROUGE-L retrained over "
+            f"{r['settings']['seeds']} seeds, test ROUGE-1 / 2 / L (mean ± std, whole test split): "
+            + per)  # fmt: skip
 
 
 def _design_full(r: dict) -> list[dict]:

@@ -122,12 +122,17 @@ def has_values(df: pd.DataFrame, column: str) -> bool:
     return column in df and df[column].notna().any()
 
 
+def metric_title(name: str) -> str:
+    """A metric's name as its paper spells it (``rougeL`` -> ``ROUGE-L``), else as given."""
+    return METRIC_TITLES.get(name, name)
+
+
 def metric_label(metric: str) -> str:
     """A metric's name for axis titles: ``val_loss`` -> ``validation loss``,
     ``val_rougeL`` -> ``validation ROUGE-L``."""
     split, sep, name = metric.partition("_")
     if sep and split in ("val", "test") and name in METRIC_TITLES:
-        return f"{'validation' if split == 'val' else 'test'} {METRIC_TITLES[name]}"
+        return f"{'validation' if split == 'val' else 'test'} {metric_title(name)}"
     return metric.replace("val_", "validation ", 1).replace("_", " ")
 
 

@@ -28,6 +28,7 @@ from reports.figure_data import (
     knob_importance,
     knob_summary,
     metric_label,
+    metric_title,
     new_parameter_share,
     objectives,
     pareto_front,
@@ -392,6 +393,7 @@ def _confirm_table(confirmed: pd.DataFrame | None) -> str:
         )
     s = confirm_summary(confirmed)
     name = s.attrs.get("metric", "val_accuracy").removeprefix("val_") if len(s) else "accuracy"
+    name = metric_title(name)
     table = pd.DataFrame(
         {
             "trial_id": s["trial_id"],

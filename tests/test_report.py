@@ -453,9 +453,11 @@ def test_seq2seq_report_names_its_metric_and_shows_the_fronts_generations_escape
                                     "output": f"OUTPUT-{t}"}] * 4) for t in ("a", "b", "c")],
     )  # fmt: skip
     curves = pd.DataFrame(columns=["trial_id", "method", "iteration", "epoch", "val_rougeL"])
-    page = render(trials, curves, "headlines")
+    confirmed = _confirmed("x").assign(metric="val_rougeL", test_metric=30.0)
+    page = render(trials, curves, "headlines", confirmed)
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "Pareto front: trainable parameters vs validation ROUGE-L" in page
+    assert "<th>test ROUGE-L</th>" in page and "<th>val ROUGE-L (search)</th>" in page
     assert 'id="examples"' in page and "OUTPUT-b" in page and "OUTPUT-a" in page
     assert "OUTPUT-c" not in page  # bitfit is dominated by lora: not on the front
     assert page.count("ref b") == 3  # EXAMPLES_SHOWN of the four recorded

@@ -34,6 +34,7 @@ from trainables.metrics import GENERATION_METRICS, SEQ2SEQ
 from trainables.model import (
     head_module_names,
     head_parameter_names,
+    load_config,
     load_seq2seq,
     load_tokenizer,
     seq2seq_problem,
@@ -195,6 +196,19 @@ def test_warm_start_new_parameters_are_the_cross_attention_and_lm_head(models):
         *(f"decoder.bert.encoder.layer.{i}.crossattention" for i in range(LAYERS)),
         "decoder.cls.predictions",
     ]
+
+
+def test_the_weightless_warm_start_is_the_loaded_one(models):
+    """preflight and the support matrix build the model on the meta device from its config: the
+    same parameters, and the same ones recorded as new, as loading the checkpoint."""
+    from trainables.methods.support import meta_seq2seq
+
+    loaded = load_seq2seq(str(models["bert"]))
+    meta = meta_seq2seq(load_config(str(models["bert"])))
+    assert type(meta) is type(loaded)
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    assert shapes(meta) == shapes(loaded)
+    assert meta.peftsearch_new_parameters == loaded.peftsearch_new_parameters
 
 
 @pytest.mark.parametrize("kind", ["t5", "bart", "marian", "mbart"])
@@ -544,4 +558,4 @@ def test_a_seq2seq_search_records_generations_and_exports_and_confirms(models, r
     assert status["errors"] == [] and {"fig-pareto", "fig-curves"} <= set(status["figure_ids"])
     assert "Pareto front: trainable parameters vs validation ROUGE-L" in dom
     assert 'id="examples"' in dom and "<th>reference</th>" in dom and "<th>output</th>" in dom
-    assert "<th>test rougeL</th>" in dom  # the confirm table, by the metric's name
+    assert "<th>test ROUGE-L</th>" in dom  # the confirm table, by the metric's title

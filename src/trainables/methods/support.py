@@ -202,42 +202,22 @@ def meta_seq2seq_model(model_type: str) -> nn.Module:
 def meta_seq2seq(config) -> nn.Module:
     """The weightless (meta-device) sequence-to-sequence model of ``config``, as loading builds
     it (``trainables.model.load_seq2seq``): ``AutoModelForSeq2SeqLM`` for an encoder-decoder;
-    for an encoder-only config, an ``EncoderDecoderModel`` of two such encoders, the decoder's
-    with cross-attention and a causal-LM head, whose new parameters (what the encoder's
-    checkpoint lacks: the cross-attention, the LM head's transform and bias) are recorded as
-    the checkpoint would leave them (``trainables.model.NEW_PARAMETERS``)."""
-    import copy
+    for an encoder-only config, the warm start of ``trainables.model.warm_start``, whose new
+    parameters (what the encoder's checkpoint lacks: the cross-attention, the LM head's transform
+    and bias) are recorded as the checkpoint would leave them (``NEW_PARAMETERS``)."""
     import warnings
 
     import torch
-    from transformers import (
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        EncoderDecoderModel,
-    )
+    from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.model import NEW_PARAMETERS, new_parameter_names
+    from trainables.model import NEW_PARAMETERS, new_parameter_names, warm_start
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         if getattr(config, "is_encoder_decoder", False):
-            model = AutoModelForSeq2SeqLM.from_config(config)
-            model.__dict__[NEW_PARAMETERS] = frozenset()
-            return model
-        encoder = AutoModel.from_config(config)
-        decoder_config = copy.deepcopy(config)
-        decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
-        decoder = AutoModelForCausalLM.from_config(decoder_config)
-        model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
-    # What the checkpoint has: the encoder's parameters, under the decoder's base model too.
-    have = {n for n, _ in encoder.named_parameters(remove_duplicate=False)}
-    base = decoder.base_model_prefix
-    missing = {
-        f"decoder.{n}"
-        for n, _ in decoder.named_parameters(remove_duplicate=False)
-        if n.removeprefix(base + ".") not in have
-    }
+            model, missing = AutoModelForSeq2SeqLM.from_config(config), set()
+        else:
+            model, missing = warm_start(config)
     model.__dict__[NEW_PARAMETERS] = new_parameter_names(model, missing)
     return model
 
