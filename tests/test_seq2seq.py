@@ -429,31 +429,36 @@ def test_results_keep_every_validation_figure_and_the_best_examples():
 @pytest.mark.parametrize(
     "kind,method", [("t5", "full"), ("t5", "lora"), ("bart", "lora"), ("marian", "full"),
                     ("bert", "full"), ("bert", "lora"), ("t5", "ia3"), ("bart", "bitfit"),
-                    ("marian", "prompt_tuning"), ("bert", "prompt_tuning"), ("mbart", "lora")],
+                    ("marian", "prompt_tuning"), ("bert", "prompt_tuning"), ("mbart", "lora"),
+                    ("bart", "prefix"), ("bert", "prefix"), ("t5", "adapter"), ("marian", "mam")],
 )  # fmt: skip
 def test_export_generates_what_the_trial_generates(models, kind, method, tmp_path):
-    """The exported folder, loaded by transformers / peft directly and by load_model, generates
-    the trial model's text (greedy) for the same inputs."""
+    """The exported folder, loaded by transformers / peft directly and by load_model (the only
+    loader of the in-house methods: prefix, adapter, mam), generates the trial model's text
+    (greedy) for the same inputs."""
     from trainables.export import MANIFEST, README, export, load_model, rebuild
     from trainables.loop import trainable_state
     from trainables.trial import build_model as build
 
     path, data = models[kind], copy_data(models[kind])
-    model = build(str(path), data, method, {}, seed=0).eval()
+    knobs = {"prefix_projection": True, "prefix_hidden": 8} if method == "prefix" else {}
+    model = build(str(path), data, method, knobs, seed=0).eval()
     _as_if_trained(model)
     gen, val = generation(path), data.splits["validation"]
     expected = generate_texts(model, val, 8, data.meta["pad_token_id"], "fp32", gen)
     assert len(set(expected)) > 1  # outputs that tell inputs apart
     # As peftsearch export does: rebuilt from the checkpoint's trained parameters, then written.
     torch.manual_seed(123)  # a different initialisation of what loading leaves new
-    rebuilt = rebuild(str(path), [], method, {}, trainable_state(model), task=SEQ2SEQ)
-    manifest = {"base_model": str(path), "method": method, "knobs": {}, "label_names": [],
+    rebuilt = rebuild(str(path), [], method, knobs, trainable_state(model), task=SEQ2SEQ)
+    manifest = {"base_model": str(path), "method": method, "knobs": knobs, "label_names": [],
                 "task": SEQ2SEQ}  # fmt: skip
     out = export(rebuilt, tmp_path / "export", manifest, str(path))
     fmt = json.loads((out / MANIFEST).read_text())["format"]
-    assert fmt == ("transformers" if method in ("full", "bitfit") else "peft")
+    in_house = method in ("prefix", "adapter", "mam")
+    assert fmt == ("transformers" if method in ("full", "bitfit") else
+                   "peftsearch" if in_house else "peft")  # fmt: skip
     assert "generate(" in (out / README).read_text()
-    for loaded in (load_model(out), _load_directly(out, fmt, path)):
+    for loaded in (load_model(out), *(() if in_house else (_load_directly(out, fmt, path),))):
         got = generate_texts(loaded, val, 8, data.meta["pad_token_id"], "fp32", gen)
         assert got == expected
 

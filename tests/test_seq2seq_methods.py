@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import re
 import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -264,14 +265,14 @@ def ia3(a: str, targets="kv_ffn", spec="all") -> int:
 
 
 def prefix(a: str, n: int, p: int | None = None, spec="all") -> int:
-    """One prefix per attention of the selected layers: encoder self, decoder self and cross."""
+    """One prefix per attention of the selected layers: encoder self, decoder self and cross;
+    with projection, one MLP per kind of attention (Li & Liang), each feeding its ``s`` sites."""
     e, dd = stack_sel(a, spec)
-    sites, W = e + 2 * dd, DIMS[a].W
-    if not sites:
-        return head(a)
+    W = DIMS[a].W
     if p is None:
-        return n * sites * 2 * W + head(a)
-    return n * H + (H * p + p) + (p * sites * 2 * W + sites * 2 * W) + head(a)
+        return n * (e + 2 * dd) * 2 * W + head(a)
+    kinds = [s for s in (e, dd, dd) if s]  # encoder self, decoder self, cross
+    return sum(n * H + (H * p + p) + (p * s * 2 * W + s * 2 * W) for s in kinds) + head(a)
 
 
 def mam(a: str, n: int, m: int, spec="all") -> int:
@@ -550,7 +551,9 @@ def with_random_prefix(arch: str, knobs: dict | None = None, method: str = "pref
     """The model (:func:`wide`) with prefixes that matter (drawn wide, seeded), in eval mode."""
     model = apply_method(wide(build(arch)), method, {"prefix_length": 3, **(knobs or {})})
     with torch.no_grad():
-        model.prefix_encoder.embedding.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
+        draw = torch.Generator().manual_seed(1)
+        for kind in model.prefix_encoder.values():
+            kind.embedding.normal_(std=1.0, generator=draw)
     return model.eval()
 
 
@@ -602,8 +605,14 @@ def test_every_attention_has_its_prefix_and_it_matters(arch):
 
     model = with_random_prefix(arch)
     sites, _ = attention_sites(model)
-    entries = [_PREFIX_OF[m][1] for m, _, _ in sites]
-    assert entries == list(range(len(sites)))
+    kinds = model.prefix_encoder  # one prefix encoder per kind of attention (Li & Liang)
+    per_layer = Counter(layer for _, _, layer in sites)  # encoder layers 1 site, decoder's 2
+    enc, dec = (sum(1 for n in per_layer.values() if n == k) for k in (1, 2))
+    assert {k: v.layers for k, v in kinds.items()} == {"encoder": enc, "decoder": dec, "cross": dec}
+    owners = [(_PREFIX_OF[m][0], _PREFIX_OF[m][1]) for m, _, _ in sites]
+    expected = [(kinds["encoder"], i) for i in range(enc)]
+    expected += [(kinds[k], i) for i in range(dec) for k in ("decoder", "cross")]
+    assert all(a is b and i == j for (a, i), (b, j) in zip(owners, expected, strict=True))
     batch = batches(1, seed=4)[0]
     labels = batch["labels"].clamp(min=5)
 
@@ -616,13 +625,13 @@ def test_every_attention_has_its_prefix_and_it_matters(arch):
     # Example 1 is padded after 6 tokens: alone and unpadded, the same logits.
     alone = logits(ids[1:2, :6], mask[1:2, :6], labels[1:2])
     torch.testing.assert_close(alone[0], base[1], atol=1e-5, rtol=1e-5)
-    embedding = model.prefix_encoder.embedding  # (length, sites * 2 * width)
-    width = embedding.shape[1] // len(sites)
-    for j in range(len(sites)):
+    for (encoder, j), site in zip(owners, range(len(sites))):
+        embedding = encoder.embedding  # (length, its sites * 2 * width)
+        width = embedding.shape[1] // encoder.layers
         with torch.no_grad():
             saved = embedding[:, j * width : (j + 1) * width].clone()
             embedding[:, j * width : (j + 1) * width] += 1.0
-        assert not torch.allclose(logits(ids, mask), base, atol=1e-4), f"site {j}"
+        assert not torch.allclose(logits(ids, mask), base, atol=1e-4), f"site {site}"
         with torch.no_grad():
             embedding[:, j * width : (j + 1) * width] = saved
 

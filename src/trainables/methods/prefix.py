@@ -18,11 +18,14 @@ self-attention's causal mask is made explicit, aligned to the last queries
 position bias gets zeros at the prefix positions.
 
 Only the selected layers (``layers``; in each stack) get a prefix; the others
-attend as before. With ``sites`` the attentions of the selected layers (one
-per encoder layer, two per decoder layer), trainable without projection:
-``prefix_length * sites * 2 * width``; with projection (a reparameterising
-MLP shared by all sites, dropped after training in the papers):
-``prefix_length * hidden + hidden * p + p + p * sites * 2 * width + sites * 2 * width``
+attend as before. Each kind of attention has a prefix encoder of its own: an
+encoder's one kind (``model.prefix_encoder``); an encoder-decoder's three, as
+Li & Liang's separate parameterisations (``model.prefix_encoder["encoder"]``,
+``["decoder"]``, ``["cross"]``). With ``s`` the selected attentions of a kind,
+a kind's trainable parameters without projection:
+``prefix_length * s * 2 * width``; with projection (a reparameterising MLP per
+kind, dropped after training in the papers):
+``prefix_length * hidden + hidden * p + p + p * s * 2 * width + s * 2 * width``
 with ``p = prefix_hidden``; ``width`` is the keys' width (heads x head size:
 ``hidden``, T5's ``num_heads * d_kv``) - plus the head.
 
@@ -42,10 +45,12 @@ import torch
 from torch import nn
 
 from trainables.methods._arch import (
+    DECODER,
     arch_of,
     attention_sites,
     is_encoder_decoder,
     register_attention,
+    roles,
     selected,
     set_attention,
 )
@@ -53,6 +58,7 @@ from trainables.methods._base import Knob, Method, freeze_base, layers_knob
 from trainables.methods._layers import frozen_below
 
 IMPLEMENTATION = "peftsearch_prefix"
+SELF = "self"  # an encoder's one kind of attention (an encoder-decoder has three)
 # attention module -> (its model's prefix encoder, layer index); weak, so models can be freed
 _PREFIX_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -180,25 +186,51 @@ def add_prefix(
     gates: dict[int, Any] | None = None,
 ) -> None:
     """Prefixes at the attentions ``layers`` (indices into ``callers``, the sites of
-    :func:`attention_layers`), one encoder entry each, and the attention routed through them;
-    ``gates``: index -> a function giving the per-query gate logits (UniPELT). Nothing is
-    added for none."""
+    :func:`attention_layers`), one entry each in the prefix encoder of its kind
+    (:func:`site_kinds`), and the attention routed through them; ``gates``: index -> a function
+    giving the per-query gate logits (UniPELT). Nothing is added for none."""
     if not layers:
         return
+    kinds = site_kinds(model, callers)
+    groups: dict[str, list[int]] = {}
+    for i in layers:
+        groups.setdefault(kinds[i], []).append(i)
     ref = next(model.parameters())
-    encoder = PrefixEncoder(
-        knobs["prefix_length"],
-        len(layers),
-        model_width(model),
-        knobs["prefix_projection"],
-        knobs["prefix_hidden"],
-        width=callers[0][1],
-    ).to(ref.device, ref.dtype)
-    model.prefix_encoder = encoder
-    for entry, i in enumerate(layers):
-        _PREFIX_OF[callers[i][0]] = (encoder, entry, (gates or {}).get(i))
+    encoders = {
+        kind: PrefixEncoder(
+            knobs["prefix_length"],
+            len(members),
+            model_width(model),
+            knobs["prefix_projection"],
+            knobs["prefix_hidden"],
+            width=callers[0][1],
+        ).to(ref.device, ref.dtype)
+        for kind, members in groups.items()
+    }
+    encoder_only = not is_encoder_decoder(model)
+    model.prefix_encoder = encoders[SELF] if encoder_only else nn.ModuleDict(encoders)
+    for kind, members in groups.items():
+        for entry, i in enumerate(members):
+            _PREFIX_OF[callers[i][0]] = (encoders[kind], entry, (gates or {}).get(i))
     register_attention(IMPLEMENTATION, prefix_attention)
     set_attention(model, IMPLEMENTATION)
+
+
+def site_kinds(model: nn.Module, sites: list[tuple[nn.Module, int, int]]) -> list[str]:
+    """Each attention site's kind: :data:`SELF` on an encoder; ``encoder``, ``decoder`` (a
+    decoder layer's first site, its self-attention) or ``cross`` on an encoder-decoder (the
+    order :func:`~trainables.methods._arch.attention_sites` gives)."""
+    if not is_encoder_decoder(model):
+        return [SELF] * len(sites)
+    stacks = {layer.index: layer.stack for layer in roles(model).layers}
+    kinds, seen = [], set()
+    for _, _, layer in sites:
+        if stacks[layer] != DECODER:
+            kinds.append("encoder")
+        else:
+            kinds.append("cross" if layer in seen else "decoder")
+            seen.add(layer)
+    return kinds
 
 
 def model_width(model: nn.Module) -> int:
