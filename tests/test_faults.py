@@ -9,6 +9,7 @@ real overflow, is in test_e2e.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,7 +57,8 @@ def start(space: Path, cwd: Path, env: dict | None = None, **kw) -> subprocess.P
     return subprocess.Popen(
         [sys.executable, "-m", "search.cli", "run", str(space)],
         cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        # PYTHONFAULTHANDLER: a SIGABRT (finish's, at its timeout) prints every thread's stack.
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -66,8 +68,20 @@ def start(space: Path, cwd: Path, env: dict | None = None, **kw) -> subprocess.P
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+    """The return code and output of a :func:`start`-ed run. One still running after
+    ``timeout`` fails the test with its output and the driver's stacks (a SIGABRT), and is
+    killed with its process group: its Ray must not outlive the test."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()  # a retried communicate loses no output
+    pytest.fail(f"the run was still going after {timeout:.0f} s; its output:\n{out[-30000:]}")
 
 
 def wait_for(proc: subprocess.Popen, text: str, timeout: float = 300) -> str:
