@@ -59,7 +59,8 @@ from trainables.methods._layers import frozen_below
 
 IMPLEMENTATION = "peftsearch_prefix"
 SELF = "self"  # an encoder's one kind of attention (an encoder-decoder has three)
-# attention module -> (its model's prefix encoder, layer index); weak, so models can be freed
+# attention module -> (the prefix encoder of its kind, its entry there, its gate); weak, so
+# models can be freed
 _PREFIX_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
