@@ -208,8 +208,8 @@ def add_prefix(
         ).to(ref.device, ref.dtype)
         for kind, members in groups.items()
     }
-    encoder_only = not is_encoder_decoder(model)
-    model.prefix_encoder = encoders[SELF] if encoder_only else nn.ModuleDict(encoders)
+    # An encoder's one kind: its prefix encoder itself (as before kinds); else one per kind.
+    model.prefix_encoder = encoders[SELF] if SELF in encoders else nn.ModuleDict(encoders)
     for kind, members in groups.items():
         for entry, i in enumerate(members):
             _PREFIX_OF[callers[i][0]] = (encoders[kind], entry, (gates or {}).get(i))
